@@ -1,0 +1,42 @@
+// Shared command-line plumbing for kvlab's sub-commands. Each command lives in its own
+// experiments/cmd_<name>.cpp and is listed once in kvlab_main.cpp's command table.
+#pragma once
+
+#include "config/loader.h"
+#include "core/error.h"
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace kvlab::cli {
+
+// Positionals, --flag, --key value (or --key=value), and repeated --set key=value.
+struct Args {
+    std::vector<std::string> positional;
+    std::vector<Override> overrides;
+    std::map<std::string, std::string> options;   // --key value
+    std::set<std::string> flags;                   // --flag
+
+    bool flag(const std::string& f) const { return flags.count(f) != 0; }
+    std::string opt(const std::string& k, const std::string& fallback = {}) const;
+    // A numeric option; a value that is not a number is an Error naming the option.
+    double num(const std::string& k, double fallback) const;
+};
+
+// Parses argv[first..]; `valued` options take a value, `flags` do not; anything else is
+// an Error naming the command.
+Args parse_args(int argc, char** argv, int first, const std::set<std::string>& valued,
+                const std::set<std::string>& flags, const std::string& cmd);
+bool wants_help(int argc, char** argv, int first);
+// The config named by the single positional (with --set overrides); without one, the
+// embedded default when allow_default, else an Error.
+ExperimentConfig load(const Args& a, const std::string& cmd, bool allow_default);
+
+// Sub-commands: int cmd_<name>(argc, argv), argv[1] is the command name.
+int cmd_train(int argc, char** argv);
+int cmd_list(int argc, char** argv);
+int cmd_gradcheck(int argc, char** argv);
+
+}  // namespace kvlab::cli

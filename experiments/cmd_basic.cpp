@@ -1,0 +1,135 @@
+// kvlab train, list, gradcheck.
+#include "attention/registry.h"
+#include "cli.h"
+#include "core/rng.h"
+#include "io/results.h"
+#include "model/checkpoint.h"
+#include "model/gradcheck.h"
+#include "model/transformer.h"
+#include "tasks/task.h"
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+namespace kvlab::cli {
+
+namespace {
+// ---------------------------------------------------------------------------- train
+const char* kTrainHelp = R"(usage: kvlab train [CONFIG] [--set key=value]... [--dump-config] [--overwrite] [--quiet]
+
+Trains the model of CONFIG (YAML, see configs/ and docs/config.md) and writes the run
+to its results file (output.path, default results/<name>.h5) as /runs/<run id>.
+Without CONFIG, runs the embedded default (MQAR, no data files needed).
+
+  --set key=value   override any key, e.g. --set model.attention=gqa --set model.n_kv_heads=2
+  --dump-config     print the fully resolved config and exit (nothing is trained)
+  --overwrite       replace a completed run of the same id in the results file
+  --quiet           no progress line
+)";
+
+}  // namespace
+
+int cmd_train(int argc, char** argv) {
+    if (wants_help(argc, argv, 2)) return fmt::print("{}", kTrainHelp), 0;
+    auto a = parse_args(argc, argv, 2, {}, {"dump-config", "overwrite", "quiet"}, "train");
+    auto cfg = load(a, "train", true);
+    if (a.flag("dump-config")) return fmt::print("{}", cfg.resolved_yaml), 0;
+    if (!cfg.sweep.empty())
+        fmt::print(stderr, "note: {} has a sweep: block; `kvlab train` runs the base config only (use kvlab sweep)\n",
+                   cfg.source);
+    RunOptions opt;
+    opt.overwrite = a.flag("overwrite");
+    opt.progress = !a.flag("quiet");
+    auto s = train_run(cfg, opt);
+    fmt::print("run {} ({}, {} params, KV cache {} elements/token): val_loss {:.4f} ({:.4f} bits/byte)",
+               s.run_id, cfg.model.attention, s.n_params, s.kv_elements_per_token, s.val_loss, s.val_bits_per_byte);
+    if (s.val_accuracy) fmt::print(", accuracy {:.4f}", *s.val_accuracy);
+    fmt::print("\n{:.0f} tokens/s on {} thread(s), {:.1f} s; results: {}:/runs/{}\n", s.tokens_per_second, s.threads,
+               s.wall_seconds, s.results_path, s.run_id);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------- list
+int cmd_list(int argc, char** argv) {
+    if (wants_help(argc, argv, 2))
+        return fmt::print("usage: kvlab list\n\nLists the registered attention plugins, tasks and low-rank approximators.\n"), 0;
+    parse_args(argc, argv, 2, {}, {}, "list");
+    fmt::print("attention plugins (model.attention):\n");
+    for (const auto& e : attention_registry()) {
+        std::string keys;
+        for (const auto& k : e.own_keys) keys += (keys.empty() ? "" : ", ") + std::string(k.name);
+        fmt::print("  {:<10} {}{}\n", e.name, e.description, keys.empty() ? "" : fmt::format(" [keys: {}]", keys));
+    }
+    fmt::print("tasks (data.task):\n");
+    for (const auto& e : task_registry()) {
+        std::string keys;
+        for (const auto& k : e.own_keys) keys += (keys.empty() ? "" : ", ") + std::string(k);
+        fmt::print("  {:<10} {}{}\n", e.name, e.description, keys.empty() ? "" : fmt::format(" [keys: {}]", keys));
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------------------- gradcheck
+static const char* kGradcheckHelp = R"(usage: kvlab gradcheck CONFIG --dump FILE [--set key=value]... [--no-check]
+
+Writes model.md's gradient dump for one batch: the initial weights of the configured
+seed (/params), d loss / d parameter (/grads), the batch (/batch/inputs, /batch/targets:
+the first training batch of the configured task, batch_size x seq_len) and /loss.
+Gradients are computed in double precision from the float32 weights.
+Then checks every parameter tensor's gradient against a central finite difference in
+double (directional derivative along a random direction) and exits 1 if any relative
+error exceeds 1e-4.
+
+  --dump FILE   the HDF5 file to write (overwritten)
+  --no-check    skip the finite-difference check
+)";
+
+int cmd_gradcheck(int argc, char** argv) {
+    if (wants_help(argc, argv, 2)) return fmt::print("{}", kGradcheckHelp), 0;
+    auto a = parse_args(argc, argv, 2, {"dump"}, {"no-check"}, "gradcheck");
+    auto cfg = load(a, "gradcheck", false);
+    const std::string dump = a.opt("dump");
+    if (dump.empty()) throw Error("gradcheck: --dump FILE is required (see: kvlab gradcheck --help)");
+    set_threads(cfg.train.threads);
+
+    auto task = make_task(cfg.data);
+    Transformer<float> init(cfg.model);
+    init.init(cfg.seed);
+    Batch batch;
+    Rng data_rng = Rng::stream(cfg.seed, 2);   // the first training batch of this seed
+    task->train_batch(data_rng, cfg.train.batch_size, batch);
+
+    Transformer<double> m(cfg.model);
+    load_param_set(m, to_param_set(init), "initial weights");
+    m.zero_grad();
+    const double loss = m.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
+    m.backward();
+
+    GradDump d;
+    d.params = to_param_set(init);
+    d.grads = grads_to_param_set(m);
+    d.grads.attrs = d.params.attrs;
+    d.B = batch.B;
+    d.T = batch.T;
+    d.inputs = batch.inputs;
+    d.targets = batch.targets;
+    d.loss = static_cast<float>(loss);
+    write_grad_dump(dump, d);
+    fmt::print("wrote {}: {} parameter tensors, batch {}x{}, loss {:.6f}\n", dump, d.params.tensors.size(), d.B, d.T, loss);
+    if (a.flag("no-check")) return 0;
+
+    auto checks = check_gradients(m, batch.inputs.data(), batch.targets.data(), batch.B, batch.T, cfg.seed);
+    double worst = 0;
+    fmt::print("{:<28} {:>14} {:>14} {:>10}\n", "tensor", "analytic", "numeric", "rel.err");
+    for (const auto& c : checks) {
+        fmt::print("{:<28} {:>14.6e} {:>14.6e} {:>10.2e}\n", c.name, c.analytic, c.numeric, c.rel_error);
+        worst = std::max(worst, c.rel_error);
+    }
+    const bool ok = worst <= 1e-4;
+    fmt::print("finite-difference check (double): worst relative error {:.2e}: {}\n", worst, ok ? "PASS" : "FAIL");
+    return ok ? 0 : 1;
+}
+
+}  // namespace kvlab::cli

@@ -1,0 +1,57 @@
+// kvlab: one executable, sub-commands; `kvlab COMMAND --help` documents each.
+// User errors (kvlab::Error) print one clean message and exit with status 2.
+#include "cli.h"
+
+#include <fmt/format.h>
+
+#include <string>
+#include <vector>
+
+using namespace kvlab;
+
+namespace {
+
+struct Command {
+    const char* name;
+    const char* summary;
+    int (*run)(int, char**);
+};
+
+// The command table: one line per sub-command.
+const std::vector<Command>& commands() {
+    static const std::vector<Command> cmds = {
+        {"train", "train one config (or the embedded MQAR default) and write its run to HDF5", cli::cmd_train},
+        {"list", "list registered attention plugins, tasks and low-rank approximators", cli::cmd_list},
+        {"gradcheck", "write a gradient dump (model.md) and check gradients by finite differences", cli::cmd_gradcheck},
+    };
+    return cmds;
+}
+void print_help() {
+    fmt::print("usage: kvlab COMMAND [ARGS]   (kvlab COMMAND --help for details)\n\n"
+               "kvlab trains small transformer LMs on CPU to measure what each way of shrinking\n"
+               "the KV cache (GQA, MQA, MLA, low-rank compression) costs in capability.\n\ncommands:\n");
+    for (const auto& c : commands()) fmt::print("  {:<12} {}\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+        std::string(argv[1]) == "help") {
+        print_help();
+        return argc < 2 ? 2 : 0;
+    }
+    try {
+        for (const auto& c : commands())
+            if (argv[1] == std::string(c.name)) return c.run(argc, argv);
+        fmt::print(stderr, "kvlab: unknown command '{}'\n\n", argv[1]);
+        print_help();
+        return 2;
+    } catch (const Error& e) {
+        fmt::print(stderr, "kvlab {}: error: {}\n", argv[1], e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "kvlab {}: internal error: {}\n", argv[1], e.what());
+        return 3;
+    }
+}

@@ -1,0 +1,466 @@
+// MLA: multi-head latent attention with decoupled RoPE.
+//   DeepSeek-AI, "DeepSeek-V2" (arXiv 2405.04434), section 2.1: 2.1.2 low-rank key-value
+//   joint compression, 2.1.3 decoupled rotary position embedding. The RMSNorms on the
+//   latents c_Q and c_KV are not in the paper's equations; they are in the released model
+//   code and in model.md, which this file follows to the letter.
+//
+// model.md:
+//   if q_lora_rank > 0:
+//     c_Q = RMSNorm(x w_dqᵀ; q_norm)        [dcp]     w_dq [dcp, D], q_norm [dcp]
+//     qC  = c_Q w_uqᵀ                        [H·dh]    w_uq [H·dh, dcp]
+//     qR  = RoPE_per_head(c_Q w_qrᵀ)         [H·dR]    w_qr [H·dR, dcp]
+//   else:
+//     qC  = x wqᵀ                                      wq   [H·dh, D]
+//     qR  = RoPE_per_head(x w_qrᵀ)                     w_qr [H·dR, D]
+//   c_KV = RMSNorm(x w_dkvᵀ; kv_norm)        [dc]      w_dkv [dc, D], kv_norm [dc]
+//   kC   = c_KV w_ukᵀ                        [H·dh]    w_uk [H·dh, dc]
+//   v    = c_KV w_uvᵀ                        [H·dh]    w_uv [H·dh, dc]
+//   kR   = RoPE(x w_krᵀ)                     [dR]      w_kr [dR, D], one key shared by all heads
+//   q_i  = [qC_i, qR_i],  k_i = [kC_i, kR]   width dh + dR
+//   o_i  = softmax(q_i k_iᵀ / sqrt(dh + dR) + causal mask) v_i
+//   out  = concat_i(o_i) woᵀ                           wo [D, H·dh]
+//   RMSNorm(x; g) = x / sqrt(mean(x²) + norm_eps) ⊙ g; RoPE is half-split (rope.h).
+//
+// Symbols: D = d_model, H = n_heads, dh = head_dim, dc = kv_lora_rank,
+//   dcp = d_c' = q_lora_rank (0 = no query compression), dR = qk_rope_head_dim,
+//   dk = dh + dR (per-head query/key width), B×T rows (row b*T + t is position t).
+//   Head i owns rows i·dh .. (i+1)·dh − 1 of w_uq, wq, w_uk, w_uv (and i·dR .. of w_qr).
+//   dh need not be even: RoPE only covers the dR columns.
+//
+// Kept for backward: x; the normalised latents before the gain (ĉ_Q, ĉ_KV) with their
+// per-row 1/rms, and the latents c_Q, c_KV; the per-head concatenated q_i and k_i
+// (qcat_, kcat_ [B·T, H·dk], RoPE applied); v; the probabilities P [B, H, T, T]; the
+// concatenated head outputs o.
+// KV cache per token per layer: dc + dR elements (c_KV and the shared kR) — against
+// 2·H·dh for MHA. At decode time w_uk is absorbed into the query side and w_uv into the
+// output side, so per-head keys and values of past tokens are never formed.
+#include "attention/attention.h"
+#include "attention/rope.h"
+#include "attention/sdpa.h"
+#include "config/experiment_config.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+namespace kvlab {
+namespace {
+
+// y = RMSNorm(x; g) row by row. `xh` holds x on entry and x̂ = x · rstd on exit; rstd [rows].
+template <class S>
+void rmsnorm_forward(RefT<S> xh, const S* g, S eps, S* rstd, RefT<S> y) {
+    const Eigen::Index n = xh.cols();
+    const Eigen::Map<const RowVecT<S>> gain(g, n);
+#pragma omp parallel for schedule(static) if (xh.rows() > 16)
+    for (Eigen::Index r = 0; r < xh.rows(); ++r) {
+        const S rs = S(1) / std::sqrt(xh.row(r).squaredNorm() / S(n) + eps);
+        rstd[r] = rs;
+        xh.row(r) *= rs;
+        y.row(r) = xh.row(r).cwiseProduct(gain);
+    }
+}
+
+// Backward of y = x̂ ⊙ g, x̂ = x · rstd. `d` holds dy on entry and dx on exit; dg is
+// accumulated. With dx̂ = dy ⊙ g:  dx = rstd · (dx̂ − x̂ · mean(dx̂ ⊙ x̂)).
+template <class S>
+void rmsnorm_backward(RefT<S> d, CRefT<S> xh, const S* rstd, const S* g, S* dg) {
+    const Eigen::Index n = d.cols();
+    const Eigen::Map<const RowVecT<S>> gain(g, n);
+    // y = x̂ ⊙ g: dg += Σ_rows dy ⊙ x̂ (column sums, rows in order: no dependence on threads)
+    Eigen::Map<RowVecT<S>>(dg, n) += (d.array() * xh.array()).colwise().sum().matrix();
+    // x̂ = x · rstd(x)
+#pragma omp parallel for schedule(static) if (d.rows() > 16)
+    for (Eigen::Index r = 0; r < d.rows(); ++r) {
+        d.row(r) = d.row(r).cwiseProduct(gain);                                 // dx̂
+        const S m = d.row(r).dot(xh.row(r)) / S(n);
+        d.row(r) = rstd[r] * (d.row(r) - m * xh.row(r));
+    }
+}
+
+template <class S>
+class Mla final : public Attention<S> {
+public:
+    using typename Attention<S>::Mat;
+    using typename Attention<S>::Ref;
+    using typename Attention<S>::CRef;
+
+    explicit Mla(const ModelConfig& c)
+        : D_(c.d_model), H_(c.n_heads), dh_(c.head_dim), eps_(static_cast<S>(c.norm_eps)) {
+        if (!c.has("kv_lora_rank"))
+            throw ConfigError("model.kv_lora_rank",
+                              "mla needs kv_lora_rank (the width d_c of the cached K/V latent, > 0)");
+        if (!c.has("qk_rope_head_dim"))
+            throw ConfigError("model.qk_rope_head_dim",
+                              "mla needs qk_rope_head_dim (the decoupled RoPE width d_R, even, > 0)");
+        const int64_t dc = c.plugin_int("kv_lora_rank"), dcp = c.plugin_int("q_lora_rank", 0),
+                      dR = c.plugin_int("qk_rope_head_dim");
+        if (dc < 1) throw ConfigError("model.kv_lora_rank", fmt::format("must be > 0, got {}", dc));
+        if (dcp < 0)
+            throw ConfigError("model.q_lora_rank", fmt::format("must be >= 0 (0 = no query compression), got {}", dcp));
+        if (dR < 1 || dR % 2 != 0)
+            throw ConfigError("model.qk_rope_head_dim",
+                              fmt::format("must be even and > 0 (RoPE rotates pairs), got {}", dR));
+        if (H_ < 1 || dh_ < 1 || D_ < 1)
+            throw ConfigError("model.n_heads",
+                              fmt::format("mla needs n_heads, head_dim, d_model > 0, got {}, {}, {}", H_, dh_, D_));
+        dc_ = static_cast<int>(dc);
+        dcp_ = static_cast<int>(dcp);
+        dR_ = static_cast<int>(dR);
+        rope_ = Rope<S>(dR_, c.rope_theta);
+        // The one list of parameters: model.md's names, shapes and order.
+        const int64_t H = H_, dh = dh_, D = D_;
+        if (dcp_ > 0) {
+            add(w_dq_, "w_dq", {dcp, D});
+            add(q_norm_, "q_norm", {dcp});
+            add(w_uq_, "w_uq", {H * dh, dcp});
+            add(w_qr_, "w_qr", {H * dR, dcp});
+        } else {
+            add(wq_, "wq", {H * dh, D});
+            add(w_qr_, "w_qr", {H * dR, D});
+        }
+        add(w_dkv_, "w_dkv", {dc, D});
+        add(kv_norm_, "kv_norm", {dc});
+        add(w_uk_, "w_uk", {H * dh, dc});
+        add(w_uv_, "w_uv", {H * dh, dc});
+        add(w_kr_, "w_kr", {dR, D});
+        add(wo_, "wo", {D, H * dh});
+    }
+    Mla(const Mla&) = delete;   // order_ points into *this
+    Mla& operator=(const Mla&) = delete;
+
+    std::string_view name() const override { return "mla"; }
+
+    std::vector<ParamSpec> param_specs() const override {
+        std::vector<ParamSpec> specs;
+        for (const Param* p : order_) specs.push_back({p->name, p->shape});
+        return specs;
+    }
+    std::vector<std::pair<std::string, double>> hyper_params() const override {
+        return {{"kv_lora_rank", dc_}, {"q_lora_rank", dcp_}, {"qk_rope_head_dim", dR_}};
+    }
+
+    void bind(const ParamViews<S>& p, const ParamViews<S>& g) override {
+        for (Param* t : order_) {
+            t->w = p.get(t->name, t->shape);
+            t->g = g.get(t->name, t->shape);
+        }
+    }
+
+    void forward(int B, int T, CRef x, Ref out) override {
+        resize(B, T);
+        rope_.ensure(T);
+        const int H = H_, dh = dh_, dR = dR_, dk = dh_ + dR_;
+        // 1. projections (paper 2.1.2 and 2.1.3)
+        x_ = x;                                                              // [B*T, D]
+        if (dcp_ > 0) {
+            cq_hat_.noalias() = x * w_dq_.W().transpose();                   // [B*T, dcp]  x w_dqᵀ, then ĉ_Q
+            rmsnorm_forward<S>(cq_hat_, q_norm_.w, eps_, cq_rstd_.data(), cq_);  // c_Q [B*T, dcp]
+            qc_.noalias() = cq_ * w_uq_.W().transpose();                     // [B*T, H*dh]
+            qr_.noalias() = cq_ * w_qr_.W().transpose();                     // [B*T, H*dR]
+        } else {
+            qc_.noalias() = x * wq_.W().transpose();                         // [B*T, H*dh]
+            qr_.noalias() = x * w_qr_.W().transpose();                       // [B*T, H*dR]
+        }
+        ckv_hat_.noalias() = x * w_dkv_.W().transpose();                     // [B*T, dc]  x w_dkvᵀ, then ĉ_KV
+        rmsnorm_forward<S>(ckv_hat_, kv_norm_.w, eps_, ckv_rstd_.data(), ckv_);  // c_KV [B*T, dc]
+        kc_.noalias() = ckv_ * w_uk_.W().transpose();                        // [B*T, H*dh]
+        v_.noalias() = ckv_ * w_uv_.W().transpose();                         // [B*T, H*dh]
+        kr_.noalias() = x * w_kr_.W().transpose();                           // [B*T, dR]
+        // 2. RoPE: qR per head (H heads of width dR), kR one shared head
+        rope_.apply_rows(qr_, T, 0, H);
+        rope_.apply_rows(kr_, T, 0, 1);
+        // 3. q_i = [qC_i, qR_i], k_i = [kC_i, kR]                          // [B*T, H*dk] each
+        for (int i = 0; i < H; ++i) {
+            qcat_.middleCols(i * dk, dh) = qc_.middleCols(i * dh, dh);
+            qcat_.middleCols(i * dk + dh, dR) = qr_.middleCols(i * dR, dR);
+            kcat_.middleCols(i * dk, dh) = kc_.middleCols(i * dh, dh);
+            kcat_.middleCols(i * dk + dh, dR) = kr_;
+        }
+        // 4. o_i = softmax(q_i k_iᵀ / sqrt(dh + dR) + causal mask) v_i, per (sequence, head)
+        const S scale = S(1) / std::sqrt(S(dk));
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int b = 0; b < B; ++b)
+            for (int i = 0; i < H; ++i)
+                sdpa_forward<S>(qcat_.block(b * T, i * dk, T, dk), kcat_.block(b * T, i * dk, T, dk),
+                                v_.block(b * T, i * dh, T, dh), scale, probs(b, i), o_.block(b * T, i * dh, T, dh));
+        // 5. output projection
+        out.noalias() = o_ * wo_.W().transpose();                            // [B*T, D]
+    }
+
+    void backward(CRef dout, Ref dx) override {
+        KV_CHECK(B_ > 0, "mla backward called before forward");
+        const int B = B_, T = T_, H = H_, dh = dh_, dR = dR_, dk = dh_ + dR_;
+        // 5. out = o woᵀ
+        wo_.dW().noalias() += dout.transpose() * o_;                         // [D, H*dh]
+        do_.noalias() = dout * wo_.W();                                      // [B*T, H*dh]
+        // 4. o_i = softmax(q_i k_iᵀ · scale + mask) v_i. Every (b, i) writes only its own
+        //    slices of dqcat, dkcat, dv and its own dP scratch.
+        const S scale = S(1) / std::sqrt(S(dk));
+        dkcat_.setZero();
+        dv_.setZero();
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int b = 0; b < B; ++b)
+            for (int i = 0; i < H; ++i)
+                sdpa_backward<S>(qcat_.block(b * T, i * dk, T, dk), kcat_.block(b * T, i * dk, T, dk),
+                                 v_.block(b * T, i * dh, T, dh), probs(b, i), do_.block(b * T, i * dh, T, dh), scale,
+                                 dprobs(b, i), dqcat_.block(b * T, i * dk, T, dk), dkcat_.block(b * T, i * dk, T, dk),
+                                 dv_.block(b * T, i * dh, T, dh));
+        // 3. q_i = [qC_i, qR_i], k_i = [kC_i, kR]: split the per-head gradients. kR is shared
+        //    by all heads, so dkR = Σ_i (dk_i)[dh:dk], summed in head order (thread-count independent).
+        dkr_.setZero();                                                      // [B*T, dR]
+        for (int i = 0; i < H; ++i) {
+            dqc_.middleCols(i * dh, dh) = dqcat_.middleCols(i * dk, dh);     // [B*T, H*dh]
+            dqr_.middleCols(i * dR, dR) = dqcat_.middleCols(i * dk + dh, dR);  // [B*T, H*dR]
+            dkc_.middleCols(i * dh, dh) = dkcat_.middleCols(i * dk, dh);     // [B*T, H*dh]
+            dkr_ += dkcat_.middleCols(i * dk + dh, dR);
+        }
+        // 2. qR = RoPE_per_head(·), kR = RoPE(·): a rotation, so the backward is the inverse rotation
+        rope_.apply_rows(dqr_, T, 0, H, /*inverse=*/true);
+        rope_.apply_rows(dkr_, T, 0, 1, /*inverse=*/true);
+        // 1. projections, in reverse.
+        // kR = x w_krᵀ
+        w_kr_.dW().noalias() += dkr_.transpose() * x_;                       // [dR, D]
+        dx.noalias() = dkr_ * w_kr_.W();                                     // [B*T, D]
+        // v = c_KV w_uvᵀ,  kC = c_KV w_ukᵀ
+        w_uv_.dW().noalias() += dv_.transpose() * ckv_;                      // [H*dh, dc]
+        w_uk_.dW().noalias() += dkc_.transpose() * ckv_;                     // [H*dh, dc]
+        dckv_.noalias() = dv_ * w_uv_.W();                                   // [B*T, dc]
+        dckv_.noalias() += dkc_ * w_uk_.W();
+        // c_KV = RMSNorm(x w_dkvᵀ; kv_norm)   (dckv_ becomes d(x w_dkvᵀ))
+        rmsnorm_backward<S>(dckv_, ckv_hat_, ckv_rstd_.data(), kv_norm_.w, kv_norm_.g);
+        // x w_dkvᵀ
+        w_dkv_.dW().noalias() += dckv_.transpose() * x_;                     // [dc, D]
+        dx.noalias() += dckv_ * w_dkv_.W();
+        if (dcp_ > 0) {
+            // qC = c_Q w_uqᵀ,  qR = RoPE_per_head(c_Q w_qrᵀ)
+            w_uq_.dW().noalias() += dqc_.transpose() * cq_;                  // [H*dh, dcp]
+            w_qr_.dW().noalias() += dqr_.transpose() * cq_;                  // [H*dR, dcp]
+            dcq_.noalias() = dqc_ * w_uq_.W();                               // [B*T, dcp]
+            dcq_.noalias() += dqr_ * w_qr_.W();
+            // c_Q = RMSNorm(x w_dqᵀ; q_norm)   (dcq_ becomes d(x w_dqᵀ))
+            rmsnorm_backward<S>(dcq_, cq_hat_, cq_rstd_.data(), q_norm_.w, q_norm_.g);
+            // x w_dqᵀ
+            w_dq_.dW().noalias() += dcq_.transpose() * x_;                   // [dcp, D]
+            dx.noalias() += dcq_ * w_dq_.W();
+        } else {
+            // qC = x wqᵀ,  qR = RoPE_per_head(x w_qrᵀ)
+            wq_.dW().noalias() += dqc_.transpose() * x_;                     // [H*dh, D]
+            w_qr_.dW().noalias() += dqr_.transpose() * x_;                   // [H*dR, D]
+            dx.noalias() += dqc_ * wq_.W();
+            dx.noalias() += dqr_ * w_qr_.W();
+        }
+    }
+
+    int64_t kv_elements_per_token() const override { return static_cast<int64_t>(dc_) + dR_; }
+    std::vector<std::string> decode_impls() const override { return {"absorbed", "naive"}; }
+
+    // The counted state is c_KV and kR of every cached token, nothing else. The per-head
+    // keys kC_i = c_KV W_UK,iᵀ and values v_i = c_KV W_UV,iᵀ are never stored.
+    struct Cache final : DecodeCache {
+        bool naive = false;
+        Mat ckv;                       // [max_T, dc]  c_KV of tokens 0..length-1  (counted)
+        Mat kr;                        // [max_T, dR]  RoPE'd shared key kR         (counted)
+        // Per-step scratch, not counted in bytes():
+        Mat cq;                        // [1, dcp]
+        Mat qc, qr;                    // [1, H*dh], [1, H*dR]
+        Mat qabs;                      // [H, dc]   absorbed queries q̃_i = qC_i W_UK,i
+        Mat s;                         // [H, max_T] scores, then probabilities
+        Mat oabs;                      // [H, dc]   õ_i = p_i C_KV
+        Mat o;                         // [1, H*dh] concat_i(o_i)
+        Mat kc_all, v_all;             // naive: [max_T, H*dh] decompressed keys and values
+        Mat qcat, kcat, p;             // naive: [1, dk], [max_T, dk], [1, max_T]
+        int64_t bytes() const override { return static_cast<int64_t>((ckv.size() + kr.size()) * sizeof(S)); }
+    };
+
+    std::unique_ptr<DecodeCache> new_decode_cache(int max_T, std::string_view impl) const override {
+        if (!impl.empty() && impl != "absorbed" && impl != "naive")
+            throw Error(
+                fmt::format("attention 'mla' has no decode implementation '{}' (available: absorbed, naive)", impl));
+        KV_CHECK(max_T > 0, "decode cache needs max_T > 0, got {}", max_T);
+        const int H = H_, dh = dh_, dk = dh_ + dR_;
+        auto c = std::make_unique<Cache>();
+        c->naive = impl == "naive";
+        c->max_T = max_T;
+        c->ckv.resize(max_T, dc_);
+        c->kr.resize(max_T, dR_);
+        c->cq.resize(1, dcp_);
+        c->qc.resize(1, H * dh);
+        c->qr.resize(1, H * dR_);
+        c->o.resize(1, H * dh);
+        if (c->naive) {
+            c->kc_all.resize(max_T, H * dh);
+            c->v_all.resize(max_T, H * dh);
+            c->qcat.resize(1, dk);
+            c->kcat.resize(max_T, dk);
+            c->p.resize(1, max_T);
+        } else {
+            c->qabs.resize(H, dc_);
+            c->s.resize(H, max_T);
+            c->oabs.resize(H, dc_);
+        }
+        return c;
+    }
+
+    // Decoding one token at position t = cache.length. The cache holds only c_KV and kR.
+    // absorbed (default): w_uk is absorbed on the query side and w_uv on the output side:
+    //   q_i · k_{i,t'} = qC_i · (c_KV_t' W_UK,iᵀ) + qR_i · kR_t' = (qC_i W_UK,i) · c_KV_t' + qR_i · kR_t'
+    //   o_i = Σ_t' p_t' c_KV_t' W_UV,iᵀ = (p C_KV) W_UV,iᵀ
+    //   so all heads attend over the latents themselves (like MQA with key width dc + dR
+    //   and value width dc). The absorption is done per step from the bound weights, not
+    //   precomputed: it costs H·dh·dc per token (the size of w_uk) and can never go stale.
+    // naive: decompress kC = C_KV w_ukᵀ and V = C_KV w_uvᵀ for every cached token at every
+    //   step (into scratch) and attend as forward does: the reference path.
+    void decode_step(DecodeCache& base, CRef x, Ref out) const override {
+        auto& c = static_cast<Cache&>(base);
+        KV_CHECK(c.length < c.max_T, "decode cache full ({} tokens)", c.max_T);
+        const int t = c.length, n = t + 1, H = H_, dh = dh_, dR = dR_;
+        const S scale = S(1) / std::sqrt(S(dh + dR));
+        // 1. projections of this token (as forward)
+        if (dcp_ > 0) {
+            c.cq.noalias() = x * w_dq_.W().transpose();                      // [1, dcp]
+            S rs;
+            rmsnorm_forward<S>(c.cq, q_norm_.w, eps_, &rs, c.cq);            // c_Q (in place: x̂ ⊙ g)
+            c.qc.noalias() = c.cq * w_uq_.W().transpose();                   // [1, H*dh]
+            c.qr.noalias() = c.cq * w_qr_.W().transpose();                   // [1, H*dR]
+        } else {
+            c.qc.noalias() = x * wq_.W().transpose();
+            c.qr.noalias() = x * w_qr_.W().transpose();
+        }
+        auto ckv_t = c.ckv.row(t);                                           // [1, dc], appended to the cache
+        ckv_t.noalias() = x * w_dkv_.W().transpose();
+        S rs;
+        rmsnorm_forward<S>(ckv_t, kv_norm_.w, eps_, &rs, ckv_t);
+        auto kr_t = c.kr.row(t);                                             // [1, dR], appended to the cache
+        kr_t.noalias() = x * w_kr_.W().transpose();
+        // 2. RoPE at position t
+        rope_.apply(c.qr.data(), H, t);
+        rope_.apply(kr_t.data(), 1, t);
+        const auto C = c.ckv.topRows(n);                                     // [n, dc]
+        const auto KR = c.kr.topRows(n);                                     // [n, dR]
+        if (!c.naive) {
+            // 3. absorbed queries: q̃_i = qC_i · W_UK,i   ([1, dh]·[dh, dc] = [1, dc])
+            for (int i = 0; i < H; ++i)
+                c.qabs.row(i).noalias() = c.qc.middleCols(i * dh, dh) * w_uk_.W().middleRows(i * dh, dh);
+            // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale, softmax over t'
+            const Eigen::Map<const Mat> qr_heads(c.qr.data(), H, dR);        // [H, dR]
+            auto s = c.s.leftCols(n);                                        // [H, n]
+            s.noalias() = c.qabs * C.transpose();
+            s.noalias() += qr_heads * KR.transpose();
+            for (int i = 0; i < H; ++i) {
+                S mx = -std::numeric_limits<S>::infinity();
+                for (int j = 0; j < n; ++j) mx = std::max(mx, s(i, j) * scale);
+                S sum = 0;
+                for (int j = 0; j < n; ++j) sum += (s(i, j) = std::exp(s(i, j) * scale - mx));
+                s.row(i) /= sum;
+            }
+            // 5. õ_i = p_i · C_KV  ([1, n]·[n, dc]);  o_i = õ_i · W_UV,iᵀ  ([1, dc]·[dc, dh])
+            c.oabs.noalias() = s * C;                                        // [H, dc]
+            for (int i = 0; i < H; ++i)
+                c.o.middleCols(i * dh, dh).noalias() = c.oabs.row(i) * w_uv_.W().middleRows(i * dh, dh).transpose();
+        } else {
+            // 3. decompress every cached token: kC = C_KV w_ukᵀ, V = C_KV w_uvᵀ   [n, H*dh] each
+            c.kc_all.topRows(n).noalias() = C * w_uk_.W().transpose();
+            c.v_all.topRows(n).noalias() = C * w_uv_.W().transpose();
+            c.kcat.block(0, dh, n, dR) = KR;                                 // kR, shared by all heads
+            // 4-5. per head: q_i = [qC_i, qR_i], k_i = [kC_i, kR], attend as forward does
+            for (int i = 0; i < H; ++i) {
+                c.qcat.leftCols(dh) = c.qc.middleCols(i * dh, dh);
+                c.qcat.rightCols(dR) = c.qr.middleCols(i * dR, dR);
+                c.kcat.block(0, 0, n, dh) = c.kc_all.block(0, i * dh, n, dh);
+                sdpa_decode<S>(c.qcat, c.kcat.topRows(n), c.v_all.block(0, i * dh, n, dh), scale, c.p.leftCols(n),
+                               c.o.middleCols(i * dh, dh));
+            }
+        }
+        // 6. output projection
+        out.noalias() = c.o * wo_.W().transpose();                           // [1, D]
+        ++c.length;
+    }
+
+private:
+    // One trainable tensor: its model.md name and shape, and where bind() put it. A gain
+    // [n] is viewed as [1, n].
+    struct Param {
+        std::string name;
+        std::vector<int64_t> shape;
+        S* w = nullptr;
+        S* g = nullptr;
+        Eigen::Index rows() const { return shape.size() == 2 ? shape[0] : 1; }
+        Eigen::Index cols() const { return shape.back(); }
+        CMapT<S> W() const { return CMapT<S>(w, rows(), cols()); }
+        MapT<S> dW() const { return MapT<S>(g, rows(), cols()); }
+    };
+
+    void add(Param& p, const char* name, std::vector<int64_t> shape) {
+        p.name = name;
+        p.shape = std::move(shape);
+        order_.push_back(&p);
+    }
+
+    auto probs(int b, int i) { return P_.block(static_cast<Eigen::Index>(b * H_ + i) * T_, 0, T_, T_); }
+    auto dprobs(int b, int i) { return dP_.block(static_cast<Eigen::Index>(b * H_ + i) * T_, 0, T_, T_); }
+
+    void resize(int B, int T) {
+        if (B == B_ && T == T_) return;
+        B_ = B;
+        T_ = T;
+        const Eigen::Index BT = static_cast<Eigen::Index>(B) * T, Hdh = H_ * dh_, Hdk = H_ * (dh_ + dR_);
+        x_.resize(BT, D_);
+        cq_hat_.resize(BT, dcp_);
+        cq_rstd_.resize(BT);
+        cq_.resize(BT, dcp_);
+        dcq_.resize(BT, dcp_);
+        ckv_hat_.resize(BT, dc_);
+        ckv_rstd_.resize(BT);
+        ckv_.resize(BT, dc_);
+        dckv_.resize(BT, dc_);
+        qc_.resize(BT, Hdh);
+        dqc_.resize(BT, Hdh);
+        qr_.resize(BT, H_ * dR_);
+        dqr_.resize(BT, H_ * dR_);
+        kc_.resize(BT, Hdh);
+        dkc_.resize(BT, Hdh);
+        kr_.resize(BT, dR_);
+        dkr_.resize(BT, dR_);
+        qcat_.resize(BT, Hdk);
+        dqcat_.resize(BT, Hdk);
+        kcat_.resize(BT, Hdk);
+        dkcat_.resize(BT, Hdk);
+        v_.resize(BT, Hdh);
+        dv_.resize(BT, Hdh);
+        o_.resize(BT, Hdh);
+        do_.resize(BT, Hdh);
+        P_.resize(static_cast<Eigen::Index>(B) * H_ * T, T);    // [B, H, T, T]
+        dP_.resize(static_cast<Eigen::Index>(B) * H_ * T, T);   // one scratch per (b, head)
+    }
+
+    int D_, H_, dh_, dc_ = 0, dcp_ = 0, dR_ = 0;
+    S eps_;
+    Rope<S> rope_;
+    Param wq_, w_dq_, q_norm_, w_uq_, w_qr_, w_dkv_, kv_norm_, w_uk_, w_uv_, w_kr_, wo_;
+    std::vector<Param*> order_;   // the active parameters, in model.md's order
+    int B_ = 0, T_ = 0;
+    Mat x_;                       // [B*T, D]
+    Mat cq_hat_, cq_, dcq_;       // [B*T, dcp]  ĉ_Q, c_Q, and the gradient buffer (empty if dcp = 0)
+    VecT<S> cq_rstd_;             // [B*T]
+    Mat ckv_hat_, ckv_, dckv_;    // [B*T, dc]   ĉ_KV, c_KV, and the gradient buffer
+    VecT<S> ckv_rstd_;            // [B*T]
+    Mat qc_, dqc_, kc_, dkc_;     // [B*T, H*dh]
+    Mat qr_, dqr_;                // [B*T, H*dR]
+    Mat kr_, dkr_;                // [B*T, dR]
+    Mat qcat_, dqcat_, kcat_, dkcat_;  // [B*T, H*dk]  per-head [qC_i, qR_i] and [kC_i, kR]
+    Mat v_, dv_, o_, do_;         // [B*T, H*dh]
+    Mat P_, dP_;                  // [B*H*T, T]
+};
+
+}  // namespace
+
+template <class S>
+std::unique_ptr<Attention<S>> make_mla(const ModelConfig& c) {
+    return std::make_unique<Mla<S>>(c);
+}
+
+template std::unique_ptr<Attention<float>> make_mla<float>(const ModelConfig&);
+template std::unique_ptr<Attention<double>> make_mla<double>(const ModelConfig&);
+
+}  // namespace kvlab

@@ -1,0 +1,294 @@
+// Results files, checkpoints and gradient dumps (see results.h for the layouts).
+#include "io/results.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+#include "core/error.h"
+#include "io/h5.h"
+
+namespace kvlab {
+namespace {
+
+constexpr int64_t format_version = 1;
+
+// Run attributes the logger owns; set_attrs must not overwrite them.
+bool is_reserved_attr(const std::string& name) {
+    return name == "config" || name == "attention" || name == "status" || name == "error";
+}
+
+// A link name usable as one HDF5 path component: dots are fine ("layers.0.attn.wq"),
+// "/" would silently create nested groups.
+bool is_valid_name(const std::string& n) {
+    return !n.empty() && n != "." && n != ".." && n.find('/') == std::string::npos;
+}
+
+int32_t to_step(int64_t step, const std::string& file) {
+    if (step < 0 || step > std::numeric_limits<int32_t>::max())
+        throw Error(fmt::format("step {} does not fit the int32 step series of '{}'", step, file));
+    return static_cast<int32_t>(step);
+}
+
+std::string describe_shape(const std::vector<int64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+
+void write_params_into(h5::Group& g, const ParamSet& p, bool stamp_version) {
+    g.write_attrs(p.attrs);
+    if (stamp_version && !g.has_attr("format_version")) g.write_attr("format_version", format_version);
+    for (const auto& t : p.tensors) {
+        KV_CHECK(is_valid_name(t.name), "parameter name '{}' is not a valid HDF5 link name", t.name);
+        g.write(t.name, t.shape, std::span<const float>(t.data));
+    }
+}
+
+ParamSet read_params_from(const h5::Group& g) {
+    ParamSet p;
+    p.attrs = g.read_attrs();
+    for (const auto& [k, v] : p.attrs) {
+        if (k != "format_version") continue;
+        const auto* i = std::get_if<int64_t>(&v);
+        if (!i || *i != format_version)
+            throw Error(fmt::format("'{}' in '{}' has format_version {}; this kvlab reads format_version {}", g.path(),
+                                    g.file(), std::visit([](const auto& x) { return fmt::format("{}", x); }, v),
+                                    format_version));
+    }
+    for (const auto& name : g.list()) {
+        if (!g.is_dataset(name))
+            throw Error(fmt::format("'{}/{}' in '{}' is not a dataset; a parameter group holds only float32 datasets",
+                                    g.path(), name, g.file()));
+        h5::Dataset d = g.open_dataset(name);
+        p.tensors.push_back({name, d.shape(), d.read_f32()});
+    }
+    return p;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- RunLogger
+
+struct RunLogger::State {
+    std::string path, id;
+    // Declared file first so that it closes last (members are destroyed in reverse).
+    h5::File file;
+    h5::Group run;
+    h5::Dataset train_step, train_loss, train_lr, eval_step, eval_loss, eval_accuracy;
+    int64_t n_evals = 0;
+    bool begun = false, finished = false;
+};
+
+RunLogger::RunLogger(const std::string& path, const std::string& run_id, bool overwrite)
+    : s_(std::make_unique<State>()) {
+    if (!is_valid_name(run_id))
+        throw Error(fmt::format("invalid run id '{}': it must be non-empty and contain no '/'", run_id));
+    s_->path = path;
+    s_->id = run_id;
+    s_->file = h5::File::open(path, h5::Mode::create_or_open);
+    // Refuse to add /runs to some other HDF5 file (a checkpoint, a gradient dump).
+    if (!s_->file.exists("runs") && !s_->file.list().empty())
+        throw Error(
+            fmt::format("'{}' is an HDF5 file but not a kvlab results file (no /runs group); "
+                        "choose another output.path",
+                        path));
+    h5::Group runs = s_->file.require_group("runs");
+    if (runs.exists(run_id)) {
+        h5::Group old = runs.open_group(run_id);
+        if (!overwrite && old.has_attr("status") && old.read_attr("status") == AttrValue{"completed"})
+            throw Error(fmt::format("run '{}' already completed in {}; use --overwrite or another name", run_id, path));
+        old = h5::Group();
+        // The old run's space stays allocated in the file (HDF5 does not reclaim it;
+        // h5repack does).
+        runs.delete_link(run_id);
+    }
+    s_->run = runs.create_group(run_id);
+    s_->run.write_attr("status", std::string("running"));
+}
+
+RunLogger::~RunLogger() = default;
+
+void RunLogger::begin_run(const std::string& resolved_yaml, const std::string& attention, const Attrs& attrs) {
+    KV_CHECK(!s_->begun && !s_->finished, "begin_run called twice for run '{}'", s_->id);
+    h5::Group& run = s_->run;
+    run.write_attr("config", resolved_yaml);
+    run.write_attr("attention", attention);
+    for (const auto& [k, v] : attrs) KV_CHECK(!is_reserved_attr(k), "run attribute '{}' is set by RunLogger", k);
+    run.write_attrs(attrs);
+    h5::Group train = run.create_group("train"), eval = run.create_group("eval");
+    s_->train_step = train.create_series("step", h5::DType::i32);
+    s_->train_loss = train.create_series("loss", h5::DType::f32);
+    s_->train_lr = train.create_series("lr", h5::DType::f32);
+    s_->eval_step = eval.create_series("step", h5::DType::i32);
+    s_->eval_loss = eval.create_series("loss", h5::DType::f32);
+    s_->begun = true;
+    s_->file.flush();
+}
+
+void RunLogger::log_train(int64_t step, double loss, double lr) {
+    KV_CHECK(s_->begun && !s_->finished, "log_train outside begin_run/end_run for run '{}'", s_->id);
+    const int32_t st = to_step(step, s_->path);
+    const float l = static_cast<float>(loss), r = static_cast<float>(lr);
+    s_->train_step.append(std::span<const int32_t>(&st, 1));
+    s_->train_loss.append(std::span<const float>(&l, 1));
+    s_->train_lr.append(std::span<const float>(&r, 1));
+}
+
+void RunLogger::log_eval(int64_t step, double loss, std::optional<double> accuracy) {
+    KV_CHECK(s_->begun && !s_->finished, "log_eval outside begin_run/end_run for run '{}'", s_->id);
+    const int32_t st = to_step(step, s_->path);
+    const float l = static_cast<float>(loss);
+    s_->eval_step.append(std::span<const int32_t>(&st, 1));
+    s_->eval_loss.append(std::span<const float>(&l, 1));
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    if (accuracy && !s_->eval_accuracy.valid()) {
+        // First accuracy: create the series and give earlier evaluations NaN rows.
+        h5::Group eval = s_->run.open_group("eval");
+        s_->eval_accuracy = eval.create_series("accuracy", h5::DType::f32);
+        std::vector<float> fill(static_cast<size_t>(s_->n_evals), nan);
+        s_->eval_accuracy.append(std::span<const float>(fill));
+    }
+    if (s_->eval_accuracy.valid()) {
+        const float a = accuracy ? static_cast<float>(*accuracy) : nan;
+        s_->eval_accuracy.append(std::span<const float>(&a, 1));
+    }
+    ++s_->n_evals;
+    s_->file.flush();
+}
+
+void RunLogger::set_attrs(const Attrs& attrs) {
+    for (const auto& [k, v] : attrs) KV_CHECK(!is_reserved_attr(k), "run attribute '{}' is set by RunLogger", k);
+    s_->run.write_attrs(attrs);
+    s_->file.flush();
+}
+
+void RunLogger::end_run(const Attrs& final_attrs, const ParamSet& params) {
+    KV_CHECK(s_->begun && !s_->finished, "end_run without begin_run, or after end_run/fail_run, for run '{}'", s_->id);
+    h5::Group final_group = s_->run.create_group("final");
+    final_group.write_attrs(final_attrs);
+    h5::Group params_group = s_->run.create_group("params");
+    write_params_into(params_group, params, true);
+    s_->run.write_attr("status", std::string("completed"));
+    s_->finished = true;
+    s_->file.flush();
+}
+
+void RunLogger::fail_run(const std::string& error) {
+    // Allowed before begin_run: a run can fail while its model is being built.
+    KV_CHECK(!s_->finished, "fail_run after end_run/fail_run for run '{}'", s_->id);
+    s_->run.write_attr("status", std::string("failed"));
+    s_->run.write_attr("error", error);
+    s_->finished = true;
+    s_->file.flush();
+}
+
+// ---------------------------------------------------------------- read_runs
+
+std::vector<RunRecord> read_runs(const std::string& path) {
+    h5::File f = h5::File::open(path, h5::Mode::read_only);
+    if (!f.is_group("runs")) throw Error(fmt::format("'{}' is not a kvlab results file (no /runs group)", path));
+    h5::Group runs = f.open_group("runs");
+    std::vector<RunRecord> out;
+    for (const auto& id : runs.list()) {
+        if (!runs.is_group(id)) continue;
+        h5::Group g = runs.open_group(id);
+        RunRecord r;
+        r.id = id;
+        r.attrs = g.read_attrs();
+        if (g.is_group("final")) r.final_attrs = g.open_group("final").read_attrs();
+        // A run that failed early, or was killed, may lack some series.
+        auto ints = [&](const char* p) {
+            return g.is_dataset(p) ? g.open_dataset(p).read_as_i64() : std::vector<int64_t>{};
+        };
+        auto reals = [&](const char* p) {
+            return g.is_dataset(p) ? g.open_dataset(p).read_as_f64() : std::vector<double>{};
+        };
+        r.train_step = ints("train/step");
+        r.train_loss = reals("train/loss");
+        r.train_lr = reals("train/lr");
+        r.eval_step = ints("eval/step");
+        r.eval_loss = reals("eval/loss");
+        r.eval_accuracy = reals("eval/accuracy");
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+void write_param_set(const std::string& file, const std::string& group_path, const ParamSet& p) {
+    KV_CHECK(!group_path.empty() && group_path != "/", "a parameter set needs its own group, got '{}'", group_path);
+    h5::File f = h5::File::open(file, h5::Mode::create_or_open);
+    if (f.exists(group_path)) f.delete_link(group_path);
+    {
+        h5::Group g = f.require_group(group_path);
+        write_params_into(g, p, true);
+    }
+    f.close();
+}
+
+ParamSet read_param_set(const std::string& file, const std::string& group_path) {
+    h5::File f = h5::File::open(file, h5::Mode::read_only);
+    if (!f.is_group(group_path)) throw Error(fmt::format("'{}' has no parameter group '{}'", file, group_path));
+    return read_params_from(f.open_group(group_path));
+}
+
+// ---------------------------------------------------------------- gradient dumps
+
+void write_grad_dump(const std::string& file, const GradDump& d) {
+    KV_CHECK(d.params.tensors.size() == d.grads.tensors.size(), "grad dump: {} params but {} grads",
+             d.params.tensors.size(), d.grads.tensors.size());
+    for (size_t i = 0; i < d.params.tensors.size(); ++i)
+        KV_CHECK(d.params.tensors[i].name == d.grads.tensors[i].name &&
+                     d.params.tensors[i].shape == d.grads.tensors[i].shape,
+                 "grad dump: param '{}' and grad '{}' differ", d.params.tensors[i].name, d.grads.tensors[i].name);
+    const size_t bt = static_cast<size_t>(d.B) * static_cast<size_t>(d.T);
+    KV_CHECK(d.B > 0 && d.T > 0 && d.inputs.size() == bt && d.targets.size() == bt,
+             "grad dump: B={} T={} with {} inputs and {} targets", d.B, d.T, d.inputs.size(), d.targets.size());
+
+    h5::File f = h5::File::open(file, h5::Mode::truncate);
+    {
+        h5::Group params = f.create_group("params"), grads = f.create_group("grads"), batch = f.create_group("batch");
+        write_params_into(params, d.params, true);
+        write_params_into(grads, d.grads, false);
+        batch.write("inputs", {d.B, d.T}, std::span<const int32_t>(d.inputs));
+        batch.write("targets", {d.B, d.T}, std::span<const int32_t>(d.targets));
+        f.write_scalar("loss", d.loss);
+    }
+    f.close();
+}
+
+GradDump read_grad_dump(const std::string& file) {
+    h5::File f = h5::File::open(file, h5::Mode::read_only);
+    for (const char* part : {"params", "grads", "batch/inputs", "batch/targets", "loss"})
+        if (!f.exists(part))
+            throw Error(fmt::format("'{}' is not a kvlab gradient dump: '/{}' is missing", file, part));
+    GradDump d;
+    d.params = read_params_from(f.open_group("params"));
+    d.grads = read_params_from(f.open_group("grads"));
+    if (d.params.tensors.size() != d.grads.tensors.size())
+        throw Error(fmt::format("gradient dump '{}': /params has {} tensors, /grads {}", file, d.params.tensors.size(),
+                                d.grads.tensors.size()));
+    for (size_t i = 0; i < d.params.tensors.size(); ++i) {
+        const Tensor &p = d.params.tensors[i], &g = d.grads.tensors[i];
+        if (p.name != g.name || p.shape != g.shape)
+            throw Error(fmt::format("gradient dump '{}': /params/{} {} does not match /grads/{} {}", file, p.name,
+                                    describe_shape(p.shape), g.name, describe_shape(g.shape)));
+    }
+
+    h5::Dataset inputs = f.open_dataset("batch/inputs"), targets = f.open_dataset("batch/targets");
+    const auto shape = inputs.shape();
+    if (shape.size() != 2 || targets.shape() != shape)
+        throw Error(fmt::format("gradient dump '{}': /batch/inputs is {} and /batch/targets {}; both must be [B, T]",
+                                file, describe_shape(shape), describe_shape(targets.shape())));
+    d.B = static_cast<int>(shape[0]);
+    d.T = static_cast<int>(shape[1]);
+    d.inputs = inputs.read_i32();
+    d.targets = targets.read_i32();
+
+    h5::Dataset loss = f.open_dataset("loss");
+    auto l = loss.read_f32();
+    if (l.size() != 1) throw Error(fmt::format("gradient dump '{}': /loss must be a scalar", file));
+    d.loss = l[0];
+    return d;
+}
+
+}  // namespace kvlab

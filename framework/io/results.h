@@ -1,0 +1,112 @@
+// The kvlab HDF5 files: results (config.md, "Results file"), checkpoints and gradient
+// dumps (model.md, "HDF5 layout"). Everything here is built on io/h5.h; this header
+// does not expose HDF5 types.
+//
+// Types on disk: float arrays float32, int arrays int32 (train/step and eval/step too:
+// model.md says "integer arrays int32"; a step beyond 2^31-1 is a kvlab::Error, and the
+// readers accept int64 steps written by other tools). Attributes: int64_t -> int64,
+// double -> float64, std::string -> variable-length UTF-8 (h5py returns str).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace kvlab {
+
+using AttrValue = std::variant<int64_t, double, std::string>;
+using Attrs = std::vector<std::pair<std::string, AttrValue>>;
+
+// One named array, row-major, shape as model.md gives it ({} for a scalar).
+struct Tensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::vector<float> data;
+};
+
+// A checkpoint: model.md's /params layout. attrs are the group's attributes (the
+// hyper-parameters, `attention`, `format_version`); tensors are one dataset each,
+// named by dotted path ("layers.0.attn.wq"), read back in the order written.
+struct ParamSet {
+    Attrs attrs;
+    std::vector<Tensor> tensors;
+};
+
+// Writes one run of a results file: /runs/<run_id>/ as config.md lays it out.
+//   attrs   config, attention, status, error (failed runs), plus whatever begin_run /
+//           set_attrs are given (seed, n_params, kv_cache_elements_per_token,
+//           kv_cache_bytes_per_token, tokens_per_second, wall_seconds, ...)
+//   train/step int32, train/loss float32, train/lr float32
+//   eval/step int32, eval/loss float32, eval/accuracy float32 (only once an accuracy
+//           was logged; rows of evaluations without one hold NaN, so rows stay aligned
+//           with eval/step)
+//   final/  attrs val_loss, val_bits_per_byte[, val_accuracy]
+//   params/ a ParamSet
+// The file is flushed after begin_run, every log_eval, end_run and fail_run, so a killed
+// process leaves a readable file whose status ("running") tells the truth. The file stays
+// open (and, by HDF5 1.10's file locking, unreadable by other processes) until the
+// logger is destroyed.
+class RunLogger {
+public:
+    // Opens the results file, creating it (not its directory: a missing parent directory
+    // is a kvlab::Error naming it). If /runs/<run_id> exists with status "completed" and
+    // overwrite is false, throws kvlab::Error; otherwise an existing group is removed and
+    // recreated, with status "running".
+    RunLogger(const std::string& path, const std::string& run_id, bool overwrite = false);
+    ~RunLogger();
+    RunLogger(const RunLogger&) = delete;
+    RunLogger& operator=(const RunLogger&) = delete;
+
+    void begin_run(const std::string& resolved_yaml, const std::string& attention, const Attrs& attrs);
+    void log_train(int64_t step, double loss, double lr);
+    void log_eval(int64_t step, double loss, std::optional<double> accuracy);
+    // Extra or updated run attributes; config, attention, status and error are the
+    // logger's own and are rejected (KV_CHECK).
+    void set_attrs(const Attrs& attrs);
+    void end_run(const Attrs& final_attrs, const ParamSet& params);
+    void fail_run(const std::string& error);
+
+private:
+    struct State;
+    std::unique_ptr<State> s_;
+};
+
+// One run as read back from a results file. attrs are all the run group's attributes
+// in the order written (status included); series a run never logged are empty.
+struct RunRecord {
+    std::string id;
+    Attrs attrs;
+    Attrs final_attrs;
+    std::vector<int64_t> train_step, eval_step;
+    std::vector<double> train_loss, train_lr, eval_loss, eval_accuracy;
+};
+
+// All runs of a results file in the order they were created. kvlab::Error if the file is
+// missing, not HDF5, or has no /runs group.
+std::vector<RunRecord> read_runs(const std::string& path);
+
+// Writes `p` as the group `group_path` (e.g. "/params"), replacing an existing one;
+// creates the file if missing. Adds format_version = 1 when p.attrs lacks it.
+void write_param_set(const std::string& file, const std::string& group_path, const ParamSet& p);
+// kvlab::Error for a missing file or group, a member that is not a float32 dataset, or a
+// format_version other than 1.
+ParamSet read_param_set(const std::string& file, const std::string& group_path);
+
+// Gradient dump (model.md): /params (ParamSet with attrs), /grads (same names and
+// shapes), /batch/inputs [B,T] int32, /batch/targets [B,T] int32 (-1 = ignored), /loss
+// scalar float32.
+struct GradDump {
+    ParamSet params, grads;
+    int B = 0, T = 0;
+    std::vector<int32_t> inputs, targets;
+    float loss = 0;
+};
+void write_grad_dump(const std::string& file, const GradDump& d);  // replaces the file
+// kvlab::Error when a part is missing or grads and params disagree in names or shapes.
+GradDump read_grad_dump(const std::string& file);
+
+}  // namespace kvlab

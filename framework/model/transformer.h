@@ -1,0 +1,105 @@
+// The decoder-only transformer of model.md, with hand-written forward and backward:
+//   x_0 = embed[tokens]
+//   h = x_l + Attn_l(RMSNorm(x_l; attn_norm_l));  x_{l+1} = h + MLP_l(RMSNorm(h; mlp_norm_l))
+//   logits = RMSNorm(x_L; final_norm) lm_headᵀ;  loss = mean CE over targets != -1
+// Parameters and gradients live in two flat arenas laid out from one ParamSpec list
+// (full dotted names of model.md); checkpoints and gradient dumps are written from the
+// same list. Activations are allocated once per (B, T).
+#pragma once
+
+#include "attention/attention.h"
+#include "config/experiment_config.h"
+#include "core/tensor.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kvlab {
+
+struct NamedParam {
+    ParamSpec spec;      // full dotted name, e.g. "layers.0.attn.wq"
+    int64_t offset = 0;  // into the arenas
+};
+
+template <class S>
+class Transformer {
+public:
+    using Mat = MatT<S>;
+
+    explicit Transformer(const ModelConfig& cfg);
+    ~Transformer();
+    Transformer(const Transformer&) = delete;
+    Transformer& operator=(const Transformer&) = delete;
+
+    const ModelConfig& config() const { return cfg_; }
+    const std::vector<NamedParam>& params() const { return params_; }
+    int64_t n_params() const { return static_cast<int64_t>(theta_.size()); }
+    S* param_data() { return theta_.data(); }
+    const S* param_data() const { return theta_.data(); }
+    S* grad_data() { return grad_.data(); }
+    const S* grad_data() const { return grad_.data(); }
+    const NamedParam& find(const std::string& name) const;   // InternalError if absent
+
+    // model.md's default: every matrix and the embedding normal(0, 0.02), gains 1.
+    void init(uint64_t seed);
+    void zero_grad();
+
+    // inputs, targets: [B*T] token ids; targets may be null (logits only). Returns the
+    // mean cross-entropy over targets != -1 (0 when none), accumulated in double.
+    double forward(const int32_t* inputs, const int32_t* targets, int B, int T);
+    // Accumulates d loss / d θ into the gradient arena, for the last forward with targets.
+    void backward();
+
+    const Mat& logits() const { return logits_; }   // [B*T, V]
+    // Among targets != -1 of the last forward: how many, and how many argmax-correct.
+    void count_correct(const int32_t* targets, int64_t& scored, int64_t& correct) const;
+
+    Attention<S>& attention(int layer) { return *attn_[layer]; }
+    // Summed over all layers.
+    int64_t kv_elements_per_token() const;
+    // The hyper-parameters as checkpoint attributes (model.md), attention included.
+    std::vector<std::pair<std::string, double>> hyper_params() const;
+
+    // Autoregressive decoding through each plugin's KV cache.
+    struct DecodeState {
+        std::vector<std::unique_ptr<DecodeCache>> layers;
+        int64_t bytes() const;   // allocated KV-cache bytes over all layers
+        int length() const { return layers.empty() ? 0 : layers[0]->length; }
+    };
+    DecodeState new_decode_state(int max_T, const std::string& impl = {}) const;
+    // Feeds one token at position state.length(); writes logits [V].
+    void decode_step(DecodeState& state, int32_t token, S* logits_out);
+
+private:
+    struct Layer;
+    ModelConfig cfg_;
+    int D_, V_, F_, L_;
+    std::vector<NamedParam> params_;
+    std::vector<S> theta_, grad_;
+    std::vector<std::unique_ptr<Attention<S>>> attn_;
+    std::vector<std::unique_ptr<Layer>> layers_;
+
+    // Activations (sized by resize()).
+    int B_ = 0, T_ = 0;
+    std::vector<int32_t> inputs_, targets_;
+    Mat xf_, xnf_;                // [B*T, D] final residual and its norm
+    Eigen::Matrix<S, Eigen::Dynamic, 1> rf_;   // [B*T] final-norm inverse rms
+    Mat logits_, probs_;          // [B*T, V]; backward turns probs_ into dlogits
+    std::vector<double> row_loss_;  // [B*T]
+    Mat dx_, dh_, dxn_, dtmp_, work_;   // [B*T, D] backward scratch
+    Mat da_, db_, dhmid_;         // [B*T, F] backward scratch
+    int64_t n_scored_ = 0;
+    bool has_targets_ = false;
+    // Decode scratch
+    Mat dec_x_, dec_xn_, dec_tmp_, dec_h_, dec_a_, dec_b_, dec_hmid_;
+
+    void resize(int B, int T);
+    S* p(const std::string& name);
+    S* g(const std::string& name);
+};
+
+extern template class Transformer<float>;
+extern template class Transformer<double>;
+
+}  // namespace kvlab
