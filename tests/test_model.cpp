@@ -34,7 +34,7 @@ TEST_CASE("the whole model's gradients match finite differences for every plugin
             random_tokens(rng, B * T, in, tg);
             for (const auto& r : check_gradients(m, in.data(), tg.data(), B, T, 3)) {
                 CAPTURE(r.name);
-                CHECK(r.rel_error < 1e-6);
+                CHECK(r.rel_error < 1e-5);   // a 1% error is 1e-2
                 CHECK(rel_err(1.01 * r.analytic, r.numeric) > 1e-3);   // a 1% error would show
             }
         }

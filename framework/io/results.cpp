@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "core/error.h"
 #include "io/h5.h"
@@ -229,6 +230,110 @@ ParamSet read_param_set(const std::string& file, const std::string& group_path) 
     h5::File f = h5::File::open(file, h5::Mode::read_only);
     if (!f.is_group(group_path)) throw Error(fmt::format("'{}' has no parameter group '{}'", file, group_path));
     return read_params_from(f.open_group(group_path));
+}
+
+// ---------------------------------------------------------------- tables
+
+namespace {
+
+// h5.h has no string datasets; the two helpers below are the only raw HDF5 calls of this
+// file. Each id is owned by an h5::Object, so it is closed on every path.
+[[noreturn]] void table_fail(const h5::Object& at, const std::string& name, std::string_view what) {
+    throw Error(fmt::format("cannot {} the string column '{}/{}' in '{}'", what, at.path(), name, at.file()));
+}
+
+h5::Object vlen_utf8(const h5::Object& at, const std::string& name) {
+    h5::Object t(H5Tcopy(H5T_C_S1), H5Tclose, at.file(), at.path());
+    if (!t.valid() || H5Tset_size(t.id(), H5T_VARIABLE) < 0 || H5Tset_cset(t.id(), H5T_CSET_UTF8) < 0)
+        table_fail(at, name, "make the type of");
+    return t;
+}
+
+void write_strings(h5::Group& g, const std::string& name, const std::vector<std::string>& v) {
+    h5::Object type = vlen_utf8(g, name);
+    const hsize_t n = v.size();
+    h5::Object space(H5Screate_simple(1, &n, nullptr), H5Sclose, g.file(), g.path());
+    if (!space.valid()) table_fail(g, name, "make the dataspace of");
+    h5::Object d(H5Dcreate2(g.id(), name.c_str(), type.id(), space.id(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                 H5Dclose, g.file(), g.path() + "/" + name);
+    if (!d.valid()) table_fail(g, name, "create");
+    std::vector<const char*> ptrs;
+    for (const auto& s : v) ptrs.push_back(s.c_str());
+    if (n > 0 && H5Dwrite(d.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0)
+        table_fail(g, name, "write");
+}
+
+// nullopt when the dataset does not hold variable-length strings.
+std::optional<std::vector<std::string>> read_strings(const h5::Dataset& d, const std::string& name) {
+    h5::Object stored(H5Dget_type(d.id()), H5Tclose, d.file(), d.path());
+    if (!stored.valid()) table_fail(d, name, "read the type of");
+    if (H5Tget_class(stored.id()) != H5T_STRING || H5Tis_variable_str(stored.id()) <= 0) return std::nullopt;
+    h5::Object type = vlen_utf8(d, name);
+    h5::Object space(H5Dget_space(d.id()), H5Sclose, d.file(), d.path());
+    if (!space.valid()) table_fail(d, name, "read the dataspace of");
+    std::vector<char*> ptrs(static_cast<size_t>(d.size()), nullptr);
+    std::vector<std::string> out;
+    if (ptrs.empty()) return out;
+    if (H5Dread(d.id(), type.id(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) table_fail(d, name, "read");
+    for (char* p : ptrs) out.emplace_back(p ? p : "");
+    H5Dvlen_reclaim(type.id(), space.id(), H5P_DEFAULT, ptrs.data());
+    return out;
+}
+
+}  // namespace
+
+void write_table(const std::string& file, const std::string& group_path, const Table& t) {
+    KV_CHECK(!group_path.empty() && group_path != "/", "a table needs its own group, got '{}'", group_path);
+    size_t rows = 0;
+    for (size_t i = 0; i < t.columns.size(); ++i) {
+        const auto& [name, col] = t.columns[i];
+        KV_CHECK(is_valid_name(name), "column name '{}' is not a valid HDF5 link name", name);
+        const size_t n = std::visit([](const auto& v) { return v.size(); }, col);
+        KV_CHECK(i == 0 || n == rows, "table '{}': column '{}' has {} rows, the first has {}", group_path, name, n, rows);
+        rows = n;
+    }
+    h5::File f = h5::File::open(file, h5::Mode::create_or_open);
+    if (f.exists(group_path)) f.delete_link(group_path);
+    {
+        h5::Group g = f.require_group(group_path);
+        g.write_attrs(t.attrs);
+        for (const auto& [name, col] : t.columns) {
+            if (const auto* ints = std::get_if<std::vector<int64_t>>(&col))
+                g.create_series(name, h5::DType::i64).append(std::span<const int64_t>(*ints));
+            else if (const auto* reals = std::get_if<std::vector<double>>(&col))
+                g.create_series(name, h5::DType::f64).append(std::span<const double>(*reals));
+            else
+                write_strings(g, name, std::get<std::vector<std::string>>(col));
+        }
+    }
+    f.close();
+}
+
+Table read_table(const std::string& file, const std::string& group_path) {
+    h5::File f = h5::File::open(file, h5::Mode::read_only);
+    if (!f.is_group(group_path)) throw Error(fmt::format("'{}' has no table group '{}'", file, group_path));
+    h5::Group g = f.open_group(group_path);
+    Table t;
+    t.attrs = g.read_attrs();
+    for (const auto& name : g.list()) {
+        auto bad = [&](const std::string& why) {
+            return Error(fmt::format("'{}/{}' in '{}' is {}; a table holds only 1-D int, float or string datasets",
+                                     g.path(), name, file, why));
+        };
+        if (!g.is_dataset(name)) throw bad("not a dataset");
+        h5::Dataset d = g.open_dataset(name);
+        if (d.shape().size() != 1) throw bad(fmt::format("{}-D", d.shape().size()));
+        if (auto s = read_strings(d, name)) {
+            t.columns.emplace_back(name, std::move(*s));
+            continue;
+        }
+        const h5::DType type = d.dtype();   // an Error naming it when it is none of ours
+        if (type == h5::DType::i32 || type == h5::DType::i64)
+            t.columns.emplace_back(name, d.read_as_i64());
+        else
+            t.columns.emplace_back(name, d.read_as_f64());
+    }
+    return t;
 }
 
 // ---------------------------------------------------------------- gradient dumps

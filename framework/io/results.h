@@ -96,6 +96,23 @@ void write_param_set(const std::string& file, const std::string& group_path, con
 // format_version other than 1.
 ParamSet read_param_set(const std::string& file, const std::string& group_path);
 
+// A table of equal-length 1-D columns stored as one group, e.g. `kvlab decode-bench`'s
+// /decode_bench: one dataset per column in the order given (int64 columns as int64, real
+// columns as float64, text columns as variable-length UTF-8 strings, which h5py reads as
+// bytes; .asstr() gives str) and the group's attributes. Not part of model.md or config.md:
+// a measurement table for scripts (pandas: DataFrame({k: f[g][k][()] for k in f[g]})).
+using TableColumn = std::variant<std::vector<int64_t>, std::vector<double>, std::vector<std::string>>;
+struct Table {
+    Attrs attrs;
+    std::vector<std::pair<std::string, TableColumn>> columns;
+};
+// Writes `t` as the group `group_path`, replacing an existing one; creates the file if
+// missing (not its directory). Columns of different lengths are a bug (KV_CHECK).
+void write_table(const std::string& file, const std::string& group_path, const Table& t);
+// kvlab::Error for a missing file or group, or a member that is not a 1-D integer, float
+// or variable-length string dataset. Integer columns come back as int64, floats as double.
+Table read_table(const std::string& file, const std::string& group_path);
+
 // Gradient dump (model.md): /params (ParamSet with attrs), /grads (same names and
 // shapes), /batch/inputs [B,T] int32, /batch/targets [B,T] int32 (-1 = ignored), /loss
 // scalar float32.
