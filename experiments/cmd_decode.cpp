@@ -51,8 +51,12 @@ std::vector<std::string> split_list(const std::string& s) {
 
 // 1966080 → "1,966,080"
 std::string grouped(int64_t v) {
-    std::string s = std::to_string(v);
-    for (int i = static_cast<int>(s.size()) - 3; i > (v < 0 ? 1 : 0); i -= 3) s.insert(static_cast<size_t>(i), ",");
+    const std::string digits = std::to_string(v < 0 ? -v : v);
+    std::string s = v < 0 ? "-" : "";
+    for (size_t i = 0; i < digits.size(); ++i) {
+        if (i > 0 && (digits.size() - i) % 3 == 0) s += ',';
+        s += digits[i];
+    }
     return s;
 }
 
@@ -417,8 +421,8 @@ int cmd_cache_table(int argc, char** argv) {
     fmt::print("KV cache per token (elements, all layers), DeepSeek-V2 Table 1 (arXiv 2405.04434), for {}\n  {}\n"
                "  elements = the plugin's kv_elements_per_token() × l, checked against the formula\n\n",
                cfg.source, dims);
-    fmt::print("{:<9} {:<14} {:<20} {:>15} {:>9} {:>17} {:<10} {}\n", "variant", "formula", "on these dims",
-               "elements/token", "× d_h·l", "fp32 bytes/token", "paper", "check");
+    fmt::print("{:<9} {:<14} {:<20} {:>15} {:>9} {:>17}  {:<18} {}\n", "variant", "formula", "on these dims",
+               "elements/token", "× d_h·l", "fp32 bytes/token", "paper's capability", "check");
     bool all_ok = true;
     for (const auto& r : rows) {
         if (!r.skipped.empty()) {
@@ -426,7 +430,7 @@ int cmd_cache_table(int argc, char** argv) {
             continue;
         }
         const char* check = !r.in_table1 ? "-" : r.ok() ? "ok" : "MISMATCH";
-        fmt::print("{:<9} {:<14} {:<20} {:>15} {:>9} {:>17} {:<10} {}\n", r.label, r.in_table1 ? r.formula : "-",
+        fmt::print("{:<9} {:<14} {:<20} {:>15} {:>9} {:>17}  {:<18} {}\n", r.label, r.in_table1 ? r.formula : "-",
                    r.in_table1 ? r.substituted : "-", grouped(r.plugin_elements), fmt::format("{:g}", r.per_dh_l),
                    grouped(r.plugin_elements * 4), r.in_table1 ? r.paper_capability : "-", check);
         if (r.in_table1 && !r.ok())
@@ -445,11 +449,11 @@ int cmd_cache_table(int argc, char** argv) {
         if (r.variant == "mla" && r.ok()) mla = &r;
     }
     if (mla)
-        fmt::print("\nMLA caches {} elements per token = {:g}·d_h·l{}. (The paper's \"capability\" column is its claim;\n"
-                   "kvlab's experiments measure it.)\n", grouped(mla->plugin_elements), mla->per_dh_l,
+        fmt::print("\nMLA caches {} elements per token = {:g}·d_h·l{}.\n", grouped(mla->plugin_elements), mla->per_dh_l,
                    mha ? fmt::format(", {:.2f}% of MHA's {}", 100.0 * mla->plugin_elements / mha->plugin_elements,
                                      grouped(mha->plugin_elements))
                        : "");
+    fmt::print("The capability column is the paper's claim; kvlab's experiments measure it.\n");
     if (!all_ok) fmt::print(stderr, "cache-table: a plugin's count differs from the paper's formula (MISMATCH rows)\n");
     return all_ok ? 0 : 1;
 }

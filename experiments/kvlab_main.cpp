@@ -23,6 +23,9 @@ const std::vector<Command>& commands() {
         {"train", "train one config (or the embedded MQAR default) and write its run to HDF5", cli::cmd_train},
         {"list", "list registered attention plugins, tasks and low-rank approximators", cli::cmd_list},
         {"gradcheck", "write a gradient dump (model.md) and check gradients by finite differences", cli::cmd_gradcheck},
+        {"generate", "continue a prompt with a trained checkpoint, token by token through the KV cache", cli::cmd_generate},
+        {"decode-bench", "decode speed (tokens/s) and KV-cache bytes per plugin, implementation and context", cli::cmd_decode_bench},
+        {"cache-table", "DeepSeek-V2's Table 1: KV cache per token of MHA/GQA/MQA/MLA for a config's dims", cli::cmd_cache_table},
     };
     return cmds;
 }

@@ -158,3 +158,24 @@ TEST_CASE("the embedded default config is configs/mqar.yaml") {
     const auto b = load_config(path);
     CHECK(dump_config(a) == dump_config(b));
 }
+
+TEST_CASE("gradient dumps match the independent PyTorch reference of model.md (when python3-torch is installed)") {
+    if (std::system("/usr/bin/python3 -c 'import torch, h5py' > /dev/null 2>&1") != 0) {
+        MESSAGE("skipped: /usr/bin/python3 cannot import torch and h5py (apt-get install python3-torch)");
+        return;
+    }
+    const std::vector<std::string> variants = {"model.attention=mha", "model.attention=gqa", "model.attention=mqa",
+                                               "model.attention=mla", "model.attention=mla --set model.q_lora_rank=0",
+                                               "model.attention=gqa --set model.tie_embeddings=true",
+                                               "model.attention=mla --set model.tie_embeddings=true"};
+    for (const auto& v : variants) {
+        CAPTURE(v);
+        const auto out = tmp_path("ref_dump.h5");
+        const std::string dump = fmt::format("{} gradcheck {}/configs/tiny.yaml --set {} --dump {} --no-check > /dev/null",
+                                             KVLAB_BINARY, KVLAB_SOURCE_DIR, v, out);
+        REQUIRE(std::system(dump.c_str()) == 0);
+        const std::string check =
+            fmt::format("/usr/bin/python3 {}/scripts/reference/check_grad_dump.py {} --rtol 1e-5 > /dev/null", KVLAB_SOURCE_DIR, out);
+        CHECK(std::system(check.c_str()) == 0);
+    }
+}

@@ -80,6 +80,8 @@ std::vector<CacheTableRow> cache_table(const ModelConfig& model) {
         if (r.skipped.empty()) {
             try {
                 std::tie(r.formula_elements, r.substituted) = evaluate(r.variant, model);
+                if (r.variant == "gqa" && model.plugin_int("n_kv_heads") > 0)
+                    r.sharing += fmt::format(" (here {})", model.n_heads / model.plugin_int("n_kv_heads"));
                 measure(r, model);
             } catch (const ConfigError& e) {   // a plugin key that is not an integer
                 r.skipped = e.what();

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <optional>
 
@@ -211,6 +212,65 @@ std::vector<RunRecord> read_runs(const std::string& path) {
         out.push_back(std::move(r));
     }
     return out;
+}
+
+// ---------------------------------------------------------------- merging (sweeps)
+
+std::vector<std::pair<std::string, std::string>> run_statuses(const std::string& path) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) return {};
+    h5::File f = h5::File::open(path, h5::Mode::read_only);
+    std::vector<std::pair<std::string, std::string>> out;
+    if (!f.is_group("runs")) {
+        if (f.list().empty()) return out;
+        throw Error(fmt::format("'{}' is an HDF5 file but not a kvlab results file (no /runs group)", path));
+    }
+    h5::Group runs = f.open_group("runs");
+    for (const auto& id : runs.list()) {
+        if (!runs.is_group(id)) continue;
+        h5::Group g = runs.open_group(id);
+        std::string status;
+        if (g.has_attr("status")) {
+            const AttrValue v = g.read_attr("status");
+            if (const auto* s = std::get_if<std::string>(&v)) status = *s;
+        }
+        out.emplace_back(id, status);
+    }
+    return out;
+}
+
+void copy_run(const std::string& src, const std::string& dst, const std::string& run_id) {
+    if (!is_valid_name(run_id)) throw Error(fmt::format("invalid run id '{}'", run_id));
+    h5::File in = h5::File::open(src, h5::Mode::read_only);
+    const std::string from = "runs/" + run_id;
+    if (!in.is_group(from)) throw Error(fmt::format("'{}' has no run '{}' to copy", src, run_id));
+    h5::File out = h5::File::open(dst, h5::Mode::create_or_open);
+    if (!out.exists("runs") && !out.list().empty())
+        throw Error(fmt::format("'{}' is an HDF5 file but not a kvlab results file (no /runs group)", dst));
+    {
+        h5::Group runs = out.require_group("runs");
+        if (runs.exists(run_id)) runs.delete_link(run_id);   // space is not reclaimed (h5repack does)
+        h5::Group from_group = in.open_group(from);
+        // H5Ocopy keeps the source's creation properties (creation-order tracking included).
+        if (H5Ocopy(from_group.id(), ".", runs.id(), run_id.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0) {
+            H5Eclear2(H5E_DEFAULT);
+            throw Error(fmt::format("cannot copy run '{}' from '{}' into '{}'", run_id, src, dst));
+        }
+    }
+    out.flush();
+    out.close();
+}
+
+void mark_run_failed(const std::string& path, const std::string& run_id, const std::string& error) {
+    h5::File f = h5::File::open(path, h5::Mode::read_write);
+    if (!f.is_group("runs/" + run_id)) throw Error(fmt::format("'{}' has no run '{}'", path, run_id));
+    {
+        h5::Group g = f.open_group("runs/" + run_id);
+        g.write_attr("status", std::string("failed"));
+        g.write_attr("error", error);
+    }
+    f.flush();
+    f.close();
 }
 
 // ---------------------------------------------------------------- checkpoints

@@ -89,6 +89,22 @@ struct RunRecord {
 // missing, not HDF5, or has no /runs group.
 std::vector<RunRecord> read_runs(const std::string& path);
 
+// The status attribute of every run of a results file, in creation order ("" when a run
+// has none). A missing file has no runs; a file that is HDF5 but not a results file (no
+// /runs and not empty) is a kvlab::Error.
+std::vector<std::pair<std::string, std::string>> run_statuses(const std::string& path);
+
+// Copies /runs/<run_id> of `src` (everything: attributes, series, final/, params/) into
+// `dst` with H5Ocopy, replacing a run of the same id there; creates `dst` (not its
+// directory) when missing. How a sweep (train/sweep.h) merges the per-point files its
+// worker processes wrote, since HDF5 1.10's lock lets only one process write a file.
+// kvlab::Error when src lacks the run or dst is not a results file.
+void copy_run(const std::string& src, const std::string& dst, const std::string& run_id);
+
+// Sets status "failed" and `error` on the existing /runs/<run_id> of `path` (a run whose
+// process died before it could say so itself). kvlab::Error when the run is missing.
+void mark_run_failed(const std::string& path, const std::string& run_id, const std::string& error);
+
 // Writes `p` as the group `group_path` (e.g. "/params"), replacing an existing one;
 // creates the file if missing. Adds format_version = 1 when p.attrs lacks it.
 void write_param_set(const std::string& file, const std::string& group_path, const ParamSet& p);

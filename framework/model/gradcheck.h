@@ -1,5 +1,5 @@
 // Finite-difference gradient check of the whole model, per parameter tensor: for a
-// random direction v restricted to the tensor, compare the analytic directional
+// unit direction v restricted to the tensor (half along its analytic gradient, half random), compare the analytic directional
 // derivative ⟨∇θ L, v⟩ with the central difference (L(θ + εv) − L(θ − εv)) / 2ε.
 // Run on the double instantiation, where agreement to ~1e-7 relative is expected, so a
 // 1% error in any single gradient tensor stands out by orders of magnitude.

@@ -1,0 +1,79 @@
+// Running a sweep (config.md, "sweep:"): the points of expand_sweep, N at a time, each in
+// its own worker process, merged into the results file as they finish.
+//
+// Why processes, not threads: two single-threaded processes gave 1.4-1.7x the throughput of
+// one two-threaded process on these small models (shared/notes/measurements.md), and
+// HDF5 1.10 locks a file against every other process while one has it open for writing,
+// which a RunLogger does for a whole run. So each worker writes its own part file and the
+// parent, the only writer of the results file, copies the run in when the worker exits:
+//
+//   <results dir>/.<results stem>.parts/<run_id>.yaml   the point's resolved config (input)
+//   <results dir>/.<results stem>.parts/<run_id>.h5     the worker's results file (output)
+//   <results dir>/.<results stem>.parts/lock            flock'ed by the parent while it runs
+//
+// The worker is the kvlab binary itself (`kvlab _run-point`, see experiments/cmd_sweep.cpp).
+// Both part files are deleted once the run is merged.
+//
+// Resume: a point whose run is "completed" in the results file is skipped (unless
+// overwrite); failed, unfinished ("running") and missing ones run again and replace the
+// old group. Failure: a worker that throws (NaN loss, ...), exits non-zero or dies by a
+// signal leaves its run in the results file with status "failed" and `error` (the run's
+// own error, else the worker's last stderr line, else "process exited with signal N");
+// the other points go on.
+#pragma once
+
+#include "config/experiment_config.h"
+
+#include <csignal>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kvlab {
+
+struct SweepOptions {
+    std::string exe;        // the kvlab binary the workers run (kvlab sweep: /proc/self/exe)
+    int jobs = 1;           // workers at a time
+    int threads = 0;        // per worker; 0 = the config's train.threads, or cores/jobs when that is 0 and jobs > 1
+    bool overwrite = false; // rerun completed points too
+    bool quiet = false;     // do not forward the workers' progress lines (never forwarded when jobs > 1)
+    // Incremented by the caller's SIGINT/SIGTERM handler. 1: launch nothing more, send SIGTERM
+    // to the running workers and wait for them; 2: SIGKILL them.
+    const volatile std::sig_atomic_t* interrupts = nullptr;
+};
+
+enum class PointStatus { pending, completed, skipped, failed };
+
+struct PointOutcome {
+    std::string run_id, results_path;
+    PointStatus status = PointStatus::pending;   // pending: not run (the sweep was interrupted)
+    std::string error;                           // failed points
+    double seconds = 0;
+    std::optional<double> val_loss, val_accuracy;
+};
+
+struct SweepOutcome {
+    std::vector<PointOutcome> points;   // in sweep order
+    bool interrupted = false;
+    double wall_seconds = 0;
+    int count(PointStatus s) const;
+};
+
+// The number of CPUs this process may run on (its affinity mask).
+int available_cores();
+// The thread count each worker gets for `point` (0 = all cores, as train.threads).
+int worker_threads(const ExperimentConfig& point, const SweepOptions& opt);
+// "<results dir>/.<results stem>.parts" of a point.
+std::string parts_dir(const ExperimentConfig& point);
+// What run_sweep would do with each point without running anything: skipped (completed in
+// the results file, and not overwrite) or pending. `error` holds the existing run's status
+// ("failed", "running") when there is one.
+std::vector<PointOutcome> plan_sweep(const std::vector<ExperimentConfig>& points, bool overwrite);
+
+// Runs the points (already validated: expand_sweep) and returns what happened to each.
+// Prints "skip <id> (completed)" and one line per finished point on stdout, and (jobs 1,
+// not quiet) the workers' progress lines on stderr. kvlab::Error only for problems that
+// stop the whole sweep (another sweep holds the lock, a results file that is not one).
+SweepOutcome run_sweep(const std::vector<ExperimentConfig>& points, const SweepOptions& opt);
+
+}  // namespace kvlab
