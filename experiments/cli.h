@@ -38,6 +38,9 @@ ExperimentConfig load(const Args& a, const std::string& cmd, bool allow_default)
 int cmd_train(int argc, char** argv);
 int cmd_list(int argc, char** argv);
 int cmd_gradcheck(int argc, char** argv);
+int cmd_sweep(int, char**);
+int cmd_report(int, char**);
+int cmd_run_point(int, char**);   // hidden: a sweep worker
 int cmd_generate(int, char**);
 int cmd_decode_bench(int, char**);
 int cmd_cache_table(int, char**);

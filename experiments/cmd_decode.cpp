@@ -221,14 +221,16 @@ int cmd_generate(int argc, char** argv) {
 namespace {
 
 const char* kDecodeBenchHelp = R"(usage: kvlab decode-bench [CONFIG] [--set key=value]... [--contexts LIST] [--plugins LIST]
-                          [--steps N] [--out FILE.h5] [--threads N]
+                          [--steps N] [--repeats R] [--out FILE.h5] [--threads N]
 
 Measures single-sequence decoding speed and KV-cache memory of each attention plugin
 and each of its decode implementations (MLA: mla/absorbed and mla/naive side by side).
 For every context length C it allocates a decode state for exactly C positions, fills
 C - N of them by decode steps (random bytes; the prefill time is reported too), then
-times the last N decode steps: tokens/s = N / their wall time. It checks that the
-allocated cache is exactly C × KV elements per token (all layers) × 4 bytes.
+times the last N decode steps R times, rewinding the cache to C - N tokens in between
+(the same tokens overwrite the same positions): tokens/s = N / the median time of the N
+steps. It checks that the allocated cache is exactly C × KV elements per token (all
+layers) × 4 bytes.
 
 Without CONFIG the model is a built-in one with random weights (init seed 0):
 d_model 256, 4 layers, 8 heads × 32, mlp_hidden 683, gqa n_kv_heads 2, mla kv_lora_rank
@@ -237,12 +239,14 @@ is used, with model.attention replaced by each plugin in turn; --set applies to 
 
   --contexts LIST   context lengths C (default 256,512,1024,2048,4096); each >= N
   --plugins LIST    registered attention plugins (default mha,gqa,mqa,mla)
-  --steps N         timed decode steps per row (default 32)
+  --steps N         timed decode steps per repeat (default 32)
+  --repeats R       timed repeats per row; the median counts (default 5)
   --out FILE.h5     where the table goes (default results/decode_bench.h5, directory
                     created if missing): group /decode_bench, one 1-D dataset per column
                     (plugin, impl, context, kv_elements_per_token_per_layer,
                     kv_elements_per_token, cache_bytes, tokens_per_second, step_seconds,
-                    prefill_seconds), attributes threads, date, steps, seed, config, eigen
+                    prefill_seconds), attributes threads, date, steps, repeats, seed,
+                    config, eigen
   --threads N       OpenMP / Eigen threads (default 1: one sequence is mostly
                     matrix-vector work, and one thread is the steadiest measurement)
 
@@ -272,7 +276,7 @@ train:
 struct BenchRow {
     std::string plugin, impl;
     int64_t context = 0, per_layer = 0, per_token = 0, bytes = 0;
-    double tokens_per_second = 0, step_seconds = 0, prefill_seconds = 0;
+    double tokens_per_second = 0, step_seconds = 0, prefill_seconds = 0;   // step_seconds: median of N steps
     bool bytes_ok = false;
 };
 
@@ -280,11 +284,12 @@ struct BenchRow {
 
 int cmd_decode_bench(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kDecodeBenchHelp), 0;
-    auto a = parse_args(argc, argv, 2, {"contexts", "plugins", "steps", "out", "threads"}, {}, "decode-bench");
+    auto a = parse_args(argc, argv, 2, {"contexts", "plugins", "steps", "repeats", "out", "threads"}, {}, "decode-bench");
     const ExperimentConfig cfg = a.positional.empty()
                                      ? load_config_text(kDecodeBenchModel, "<decode-bench model>", a.overrides)
                                      : load(a, "decode-bench", false);
     const int steps = static_cast<int>(int_opt(a, "steps", 32, 1, 1 << 20, "decode-bench"));
+    const int repeats = static_cast<int>(int_opt(a, "repeats", 5, 1, 1000, "decode-bench"));
     const int threads = set_threads(static_cast<int>(int_opt(a, "threads", 1, 1, 1024, "decode-bench")));
     std::vector<int> contexts;
     for (const auto& s : split_list(a.opt("contexts", "256,512,1024,2048,4096"))) {
@@ -334,20 +339,27 @@ int cmd_decode_bench(int argc, char** argv) {
                 auto t0 = Clock::now();
                 for (int t = 0; t < C - steps; ++t) m.decode_step(state, tokens[t], logits.data());
                 r.prefill_seconds = seconds_since(t0);
-                t0 = Clock::now();
-                for (int t = C - steps; t < C; ++t) m.decode_step(state, tokens[t], logits.data());
-                r.step_seconds = seconds_since(t0);
+                std::vector<double> times;
+                for (int rep = 0; rep < repeats; ++rep) {
+                    for (auto& layer : state.layers) layer->length = C - steps;   // rewind: truncates the cache
+                    t0 = Clock::now();
+                    for (int t = C - steps; t < C; ++t) m.decode_step(state, tokens[t], logits.data());
+                    times.push_back(seconds_since(t0));
+                }
+                KV_CHECK(state.length() == C, "decode state holds {} tokens, expected {}", state.length(), C);
+                std::sort(times.begin(), times.end());
+                r.step_seconds = times[times.size() / 2];
                 r.tokens_per_second = steps / std::max(r.step_seconds, 1e-12);
-                fmt::print(stderr, "{:.2f} s; {} steps {:.3f} s: {:.1f} tokens/s\n", r.prefill_seconds, steps,
-                           r.step_seconds, r.tokens_per_second);
+                fmt::print(stderr, "{:.2f} s; {} steps, median of {}: {:.4f} s: {:.1f} tokens/s\n", r.prefill_seconds,
+                           steps, repeats, r.step_seconds, r.tokens_per_second);
                 rows.push_back(r);
             }
         }
     }
 
-    fmt::print("decode-bench: {} layers, d_model {}, {} heads × {}; {} timed steps per row after prefill; "
-               "{} thread(s)\n", cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.head_dim, steps,
-               threads);
+    fmt::print("decode-bench: {} layers, d_model {}, {} heads × {}; tokens/s from the median of {} × {} timed "
+               "steps at the full context; {} thread(s)\n", cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads,
+               cfg.model.head_dim, repeats, steps, threads);
     fmt::print("{:<8} {:<9} {:>8} {:>20} {:>13} {:>11} {:>10} {:>8} {:>6}\n", "plugin", "impl", "context",
                "KV elem/token/layer", "cache bytes", "tokens/s", "prefill s", "threads", "check");
     bool all_ok = true;
@@ -363,6 +375,7 @@ int cmd_decode_bench(int argc, char** argv) {
     t.attrs = {{"threads", int64_t{threads}},
                {"date", fmt::format("{:%Y-%m-%dT%H:%M:%SZ}", fmt::gmtime(std::time(nullptr)))},
                {"steps", int64_t{steps}},
+               {"repeats", int64_t{repeats}},
                {"seed", static_cast<int64_t>(cfg.seed)},
                {"config", cfg.resolved_yaml},
                {"eigen", fmt::format("Eigen {}.{}.{}", EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION)}};

@@ -21,6 +21,9 @@ struct Command {
 const std::vector<Command>& commands() {
     static const std::vector<Command> cmds = {
         {"train", "train one config (or the embedded MQAR default) and write its run to HDF5", cli::cmd_train},
+        {"sweep", "run every point of a config's sweep: block (worker processes, resumable) into one HDF5 file", cli::cmd_sweep},
+        {"report", "comparison table of a results file (Table 1 shape): KV cache per token vs capability", cli::cmd_report},
+        {"_run-point", nullptr, cli::cmd_run_point},   // hidden (summary nullptr): kvlab sweep's worker
         {"list", "list registered attention plugins, tasks and low-rank approximators", cli::cmd_list},
         {"gradcheck", "write a gradient dump (model.md) and check gradients by finite differences", cli::cmd_gradcheck},
         {"generate", "continue a prompt with a trained checkpoint, token by token through the KV cache", cli::cmd_generate},
@@ -33,7 +36,8 @@ void print_help() {
     fmt::print("usage: kvlab COMMAND [ARGS]   (kvlab COMMAND --help for details)\n\n"
                "kvlab trains small transformer LMs on CPU to measure what each way of shrinking\n"
                "the KV cache (GQA, MQA, MLA, low-rank compression) costs in capability.\n\ncommands:\n");
-    for (const auto& c : commands()) fmt::print("  {:<12} {}\n", c.name, c.summary);
+    for (const auto& c : commands())
+        if (c.summary) fmt::print("  {:<12} {}\n", c.name, c.summary);
 }
 
 }  // namespace
