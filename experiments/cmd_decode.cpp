@@ -62,7 +62,7 @@ std::string grouped(int64_t v) {
 
 // ---------------------------------------------------------------------------- generate
 const char* kGenerateHelp = R"(usage: kvlab generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]
-                      [--top-k K] [--seed S] [--impl NAME]
+                      [--top-k K] [--seed S] [--impl NAME] [--threads N]
 
 Loads a trained model and continues a prompt byte by byte through the attention
 plugin's KV cache (decode_step: each token is fed once; nothing is recomputed). Prints
@@ -85,6 +85,9 @@ The model (attention plugin and dimensions) is built from the group's attributes
   --seed S            sampling seed (default 0); the same seed gives the same text
   --impl NAME         the plugin's decode implementation (mla: absorbed (default) | naive;
                       others: default)
+  --threads N         OpenMP / Eigen threads (default 1: decoding one token is a chain of
+                      small matrix-vector products, where extra threads only add
+                      synchronisation; on a busy machine a lot of it)
 
 Positions beyond the training seq_len work (RoPE extrapolates) but the model never saw
 them, so expect the text to degrade there.
@@ -169,7 +172,7 @@ int sample(const std::vector<float>& logits, double temperature, int top_k, Rng&
 
 int cmd_generate(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kGenerateHelp), 0;
-    auto a = parse_args(argc, argv, 2, {"prompt", "tokens", "temperature", "top-k", "seed", "impl"}, {}, "generate");
+    auto a = parse_args(argc, argv, 2, {"prompt", "tokens", "temperature", "top-k", "seed", "impl", "threads"}, {}, "generate");
     if (a.positional.size() != 1)
         throw Error(fmt::format("generate: expected one CHECKPOINT, got {} (see: kvlab generate --help)",
                                 a.positional.size()));
@@ -180,6 +183,7 @@ int cmd_generate(int argc, char** argv) {
         throw Error(fmt::format("generate: --temperature must be >= 0 (0 = greedy), got {}", a.opt("temperature")));
     const int top_k = static_cast<int>(int_opt(a, "top-k", 0, 0, 1 << 20, "generate"));
     const auto seed = static_cast<uint64_t>(int_opt(a, "seed", 0, 0, int64_t{1} << 53, "generate"));
+    set_threads(static_cast<int>(int_opt(a, "threads", 1, 1, 1024, "generate")));
     // An empty prompt starts from a newline byte, as if at the start of a line of text.
     const std::string fed = prompt.empty() ? std::string("\n") : prompt;
     const int64_t max_T = static_cast<int64_t>(fed.size()) + n_tokens;

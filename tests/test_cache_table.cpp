@@ -75,7 +75,7 @@ TEST_CASE("Table 9's arithmetic: 27 layers, 16 heads x 128 under MHA against MLA
 
 TEST_CASE("a variant whose keys are missing is skipped with a note naming the key") {
     auto m = table9_model();   // no n_kv_heads
-    const auto& gqa = row(cache_table(m), "gqa");
+    const auto gqa = row(cache_table(m), "gqa");
     CHECK_FALSE(gqa.ok());
     CHECK(gqa.skipped.find("model.n_kv_heads") != std::string::npos);
 
@@ -88,6 +88,6 @@ TEST_CASE("a variant whose keys are missing is skipped with a note naming the ke
 TEST_CASE("a variant whose factory rejects the dimensions is skipped with the plugin's message") {
     auto m = table9_model();
     m.plugin["n_kv_heads"] = 3;   // 16 heads are not divisible into 3 groups
-    const auto& gqa = row(cache_table(m), "gqa");
+    const auto gqa = row(cache_table(m), "gqa");
     CHECK(gqa.skipped.find("divisible") != std::string::npos);
 }

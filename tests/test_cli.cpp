@@ -10,10 +10,18 @@
 #include <string>
 #include <vector>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
 namespace {
+
+// ctest runs test cases as parallel processes: each gets its own folder.
+fs::path scratch() {
+    const auto dir = fs::temp_directory_path() / fmt::format("kvlab_cli_{}", getpid());
+    fs::create_directories(dir);
+    return dir;
+}
 
 struct Result {
     int status;
@@ -21,7 +29,7 @@ struct Result {
 };
 
 Result run(const std::string& args) {
-    const auto log = fs::temp_directory_path() / "kvlab_cli_test.log";
+    const auto log = scratch() / "output.log";
     const int rc = std::system(fmt::format("{} {} > {} 2>&1", KVLAB_BINARY, args, log.string()).c_str());
     std::ifstream in(log);
     std::stringstream ss;
@@ -30,9 +38,7 @@ Result run(const std::string& args) {
 }
 
 std::string write_config(const std::string& name, const std::string& text) {
-    const auto dir = fs::temp_directory_path() / "kvlab_cli";
-    fs::create_directories(dir);
-    const auto p = dir / name;
+    const auto p = scratch() / name;
     std::ofstream(p) << text;
     return p.string();
 }
@@ -60,7 +66,7 @@ train:
 }  // namespace
 
 TEST_CASE("bad configs exit 2 with file, line and key, and create no results file") {
-    const auto out = (fs::temp_directory_path() / "kvlab_cli" / "never.h5").string();
+    const auto out = (scratch() / "never.h5").string();
     struct Bad {
         std::string from, to, expect;
     };
@@ -114,7 +120,7 @@ TEST_CASE("kvlab list names every plugin and task") {
 }
 
 TEST_CASE("a good config trains and writes its run") {
-    const auto out = (fs::temp_directory_path() / "kvlab_cli" / "good.h5").string();
+    const auto out = (scratch() / "good.h5").string();
     fs::remove(out);
     const auto cfg = write_config("good.yaml", kBase);
     const auto r = run(fmt::format("train {} --quiet --set output.path={}", cfg, out));

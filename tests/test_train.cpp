@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <unistd.h>
 
 using namespace kvlab;
 using namespace kvlab::test;
@@ -17,7 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string tmp_path(const std::string& name) {
-    const auto dir = fs::temp_directory_path() / "kvlab_tests";
+    const auto dir = fs::temp_directory_path() / fmt::format("kvlab_tests_{}", getpid());   // parallel ctest
     fs::create_directories(dir);
     const auto p = dir / name;
     fs::remove(p);

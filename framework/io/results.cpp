@@ -239,6 +239,21 @@ std::vector<std::pair<std::string, std::string>> run_statuses(const std::string&
     return out;
 }
 
+namespace {
+// The attributes of `from` and of every object below it onto the same-named objects of `to`.
+void copy_attrs(const h5::Group& from, h5::Group to) {
+    to.write_attrs(from.read_attrs());
+    for (const auto& name : from.list()) {
+        if (from.is_group(name)) {
+            copy_attrs(from.open_group(name), to.open_group(name));
+        } else if (from.is_dataset(name)) {
+            const h5::Values attrs = from.open_dataset(name).read_attrs();
+            if (!attrs.empty()) to.open_dataset(name).write_attrs(attrs);
+        }
+    }
+}
+}  // namespace
+
 void copy_run(const std::string& src, const std::string& dst, const std::string& run_id) {
     if (!is_valid_name(run_id)) throw Error(fmt::format("invalid run id '{}'", run_id));
     h5::File in = h5::File::open(src, h5::Mode::read_only);
@@ -252,10 +267,16 @@ void copy_run(const std::string& src, const std::string& dst, const std::string&
         if (runs.exists(run_id)) runs.delete_link(run_id);   // space is not reclaimed (h5repack does)
         h5::Group from_group = in.open_group(from);
         // H5Ocopy keeps the source's creation properties (creation-order tracking included).
-        if (H5Ocopy(from_group.id(), ".", runs.id(), run_id.c_str(), H5P_DEFAULT, H5P_DEFAULT) < 0) {
+        // Attributes are copied by us: HDF5 before 1.14.4 crashes copying variable-length
+        // string attributes from dense attribute storage (HDFGroup/hdf5#2414, fixed by #3967),
+        // which a run group with more than 8 attributes uses.
+        h5::Object ocpypl(H5Pcreate(H5P_OBJECT_COPY), H5Pclose, src, from);
+        if (!ocpypl.valid() || H5Pset_copy_object(ocpypl.id(), H5O_COPY_WITHOUT_ATTR_FLAG) < 0 ||
+            H5Ocopy(from_group.id(), ".", runs.id(), run_id.c_str(), ocpypl.id(), H5P_DEFAULT) < 0) {
             H5Eclear2(H5E_DEFAULT);
             throw Error(fmt::format("cannot copy run '{}' from '{}' into '{}'", run_id, src, dst));
         }
+        copy_attrs(from_group, runs.open_group(run_id));
     }
     out.flush();
     out.close();

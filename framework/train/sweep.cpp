@@ -364,7 +364,7 @@ int worker_threads(const ExperimentConfig& point, const SweepOptions& opt) {
 std::string parts_dir(const ExperimentConfig& point) {
     const fs::path results(point.results_path());
     const fs::path dir = results.parent_path();
-    const std::string name = "." + results.stem().string() + ".parts";
+    const std::string name = fmt::format(".{}.parts", results.stem().string());
     return (dir.empty() ? fs::path(name) : dir / name).string();
 }
 
