@@ -44,5 +44,7 @@ int cmd_run_point(int, char**);   // hidden: a sweep worker
 int cmd_generate(int, char**);
 int cmd_decode_bench(int, char**);
 int cmd_cache_table(int, char**);
+int cmd_approx(int, char**);       // cmd_lowrank.cpp
+int cmd_compress(int, char**);     // cmd_lowrank.cpp
 
 }  // namespace kvlab::cli

@@ -3,6 +3,7 @@
 #include "cli.h"
 #include "core/rng.h"
 #include "io/results.h"
+#include "lowrank/lowrank.h"
 #include "model/checkpoint.h"
 #include "model/gradcheck.h"
 #include "model/transformer.h"
@@ -67,6 +68,12 @@ int cmd_list(int argc, char** argv) {
         std::string keys;
         for (const auto& k : e.own_keys) keys += (keys.empty() ? "" : ", ") + std::string(k);
         fmt::print("  {:<10} {}{}\n", e.name, e.description, keys.empty() ? "" : fmt::format(" [keys: {}]", keys));
+    }
+    fmt::print("low-rank approximators (kvlab approx / compress --method):\n");
+    for (const auto& e : lowrank_registry()) {
+        std::string keys;
+        for (const auto& k : e.own_keys) keys += (keys.empty() ? "" : ", ") + std::string(k.name);
+        fmt::print("  {:<10} {}{}\n", e.name, e.description, keys.empty() ? "" : fmt::format(" [options: {}]", keys));
     }
     return 0;
 }

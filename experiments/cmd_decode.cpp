@@ -34,7 +34,8 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 int64_t int_opt(const Args& a, const std::string& key, int64_t fallback, int64_t lo, int64_t hi, const char* cmd) {
     const double v = a.num(key, static_cast<double>(fallback));
     if (v != std::floor(v) || v < static_cast<double>(lo) || v > static_cast<double>(hi))
-        throw Error(fmt::format("{}: --{} must be an integer in {}..{}, got {}", cmd, key, lo, hi, a.opt(key)));
+        throw Error(fmt::format("--{} must be an integer in {}..{}, got {} (see: kvlab {} --help)", key, lo, hi,
+                                a.opt(key), cmd));
     return static_cast<int64_t>(v);
 }
 
@@ -98,7 +99,8 @@ constexpr int64_t kMaxGenerate = 65536;
 // The parameters CHECKPOINT names, and a description of where they came from.
 std::pair<ParamSet, std::string> load_checkpoint(const std::string& spec) {
     std::string file = spec, group;
-    if (const auto pos = spec.find(":/"); pos != std::string::npos) file = spec.substr(0, pos), group = spec.substr(pos + 1);
+    if (const auto pos = spec.find(":/"); pos != std::string::npos)
+        file = spec.substr(0, pos), group = spec.substr(pos + 1);
     std::error_code ec;
     if (!fs::exists(file, ec)) throw Error(fmt::format("checkpoint file '{}' not found", file));
     auto describe = [](const RunRecord& r) {
@@ -114,8 +116,8 @@ std::pair<ParamSet, std::string> load_checkpoint(const std::string& spec) {
             try {   // a checkpoint or a gradient dump keeps its parameters in /params
                 return {read_param_set(file, "/params"), file + ":/params"};
             } catch (const Error&) {
-                throw Error(fmt::format("{}; it has no /params group either. Name the parameter group: "
-                                        "{}:/path/to/params", not_results.what(), file));
+                throw Error(fmt::format("no parameters found: {}, and there is no /params group. Name the group "
+                                        "that holds them: {}:/path/to/params", not_results.what(), file));
             }
         }
         if (runs.empty()) throw Error(fmt::format("'{}' has no runs", file));
@@ -172,15 +174,16 @@ int sample(const std::vector<float>& logits, double temperature, int top_k, Rng&
 
 int cmd_generate(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kGenerateHelp), 0;
-    auto a = parse_args(argc, argv, 2, {"prompt", "tokens", "temperature", "top-k", "seed", "impl", "threads"}, {}, "generate");
+    auto a = parse_args(argc, argv, 2, {"prompt", "tokens", "temperature", "top-k", "seed", "impl", "threads"}, {},
+                        "generate");
     if (a.positional.size() != 1)
-        throw Error(fmt::format("generate: expected one CHECKPOINT, got {} (see: kvlab generate --help)",
+        throw Error(fmt::format("expected one CHECKPOINT, got {} (see: kvlab generate --help)",
                                 a.positional.size()));
     const std::string prompt = a.opt("prompt");
     const int64_t n_tokens = int_opt(a, "tokens", 200, 0, kMaxGenerate, "generate");
     const double temperature = a.num("temperature", 1.0);
     if (!(temperature >= 0) || !std::isfinite(temperature))
-        throw Error(fmt::format("generate: --temperature must be >= 0 (0 = greedy), got {}", a.opt("temperature")));
+        throw Error(fmt::format("--temperature must be >= 0 (0 = greedy), got {}", a.opt("temperature")));
     const int top_k = static_cast<int>(int_opt(a, "top-k", 0, 0, 1 << 20, "generate"));
     const auto seed = static_cast<uint64_t>(int_opt(a, "seed", 0, 0, int64_t{1} << 53, "generate"));
     set_threads(static_cast<int>(int_opt(a, "threads", 1, 1, 1024, "generate")));
@@ -188,7 +191,7 @@ int cmd_generate(int argc, char** argv) {
     const std::string fed = prompt.empty() ? std::string("\n") : prompt;
     const int64_t max_T = static_cast<int64_t>(fed.size()) + n_tokens;
     if (max_T > kMaxGenerate)
-        throw Error(fmt::format("generate: the prompt ({} bytes) plus --tokens ({}) is {} positions; the limit is {}",
+        throw Error(fmt::format("the prompt ({} bytes) plus --tokens ({}) is {} positions; the limit is {}",
                                 fed.size(), n_tokens, max_T, kMaxGenerate));
 
     auto [params, what] = load_checkpoint(a.positional[0]);
@@ -224,8 +227,8 @@ int cmd_generate(int argc, char** argv) {
 // ---------------------------------------------------------------------------- decode-bench
 namespace {
 
-const char* kDecodeBenchHelp = R"(usage: kvlab decode-bench [CONFIG] [--set key=value]... [--contexts LIST] [--plugins LIST]
-                          [--steps N] [--repeats R] [--out FILE.h5] [--threads N]
+const char* kDecodeBenchHelp = R"(usage: kvlab decode-bench [CONFIG] [--set key=value]... [--contexts LIST]
+                          [--plugins LIST] [--steps N] [--repeats R] [--out FILE.h5] [--threads N]
 
 Measures single-sequence decoding speed and KV-cache memory of each attention plugin
 and each of its decode implementations (MLA: mla/absorbed and mla/naive side by side).
@@ -288,7 +291,8 @@ struct BenchRow {
 
 int cmd_decode_bench(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kDecodeBenchHelp), 0;
-    auto a = parse_args(argc, argv, 2, {"contexts", "plugins", "steps", "repeats", "out", "threads"}, {}, "decode-bench");
+    auto a =
+        parse_args(argc, argv, 2, {"contexts", "plugins", "steps", "repeats", "out", "threads"}, {}, "decode-bench");
     const ExperimentConfig cfg = a.positional.empty()
                                      ? load_config_text(kDecodeBenchModel, "<decode-bench model>", a.overrides)
                                      : load(a, "decode-bench", false);
@@ -300,12 +304,12 @@ int cmd_decode_bench(int argc, char** argv) {
         char* end = nullptr;
         const long c = std::strtol(s.c_str(), &end, 10);
         if (*end != '\0' || c < steps || c > (1 << 20))
-            throw Error(fmt::format("decode-bench: --contexts: \"{}\" must be an integer in {}..{} (at least --steps)",
+            throw Error(fmt::format("--contexts: \"{}\" must be an integer in {}..{} (at least --steps)",
                                     s, steps, 1 << 20));
         contexts.push_back(static_cast<int>(c));
     }
     const auto plugins = split_list(a.opt("plugins", "mha,gqa,mqa,mla"));
-    if (contexts.empty() || plugins.empty()) throw Error("decode-bench: --contexts and --plugins need at least one entry");
+    if (contexts.empty() || plugins.empty()) throw Error("--contexts and --plugins need at least one entry");
     // Every plugin is checked on the config's dimensions before the first measurement.
     for (const auto& name : plugins) {
         ModelConfig mc = cfg.model;
@@ -313,7 +317,9 @@ int cmd_decode_bench(int argc, char** argv) {
         try {
             (void)make_attention<float>(mc);
         } catch (const ConfigError& e) {
-            throw Error(fmt::format("decode-bench: plugin '{}': {} (set it in CONFIG or with --set)", name, e.what()));
+            if (e.key() == "model.attention") throw Error(fmt::format("--plugins: {}", e.what()));
+            throw Error(
+                fmt::format("plugin '{}': {} (set it in CONFIG or with --set {}=...)", name, e.what(), e.key()));
         }
     }
     std::string out = a.opt("out");
@@ -457,8 +463,12 @@ int cmd_cache_table(int argc, char** argv) {
     }
     fmt::print("\n");
     for (const auto& r : rows) {
+        if (!r.in_table1) {
+            fmt::print("{:<9} (not in Table 1):     {}\n", r.label, r.sharing);
+            continue;
+        }
         fmt::print("{:<9} key-to-query sharing: {}\n", r.label, r.sharing);
-        if (r.in_table1) fmt::print("{:<9} cache reduction:      {}\n", "", r.reduction);
+        fmt::print("{:<9} cache reduction:      {}\n", "", r.reduction);
     }
     const CacheTableRow *mha = nullptr, *mla = nullptr;
     for (const auto& r : rows) {
@@ -466,7 +476,8 @@ int cmd_cache_table(int argc, char** argv) {
         if (r.variant == "mla" && r.ok()) mla = &r;
     }
     if (mla)
-        fmt::print("\nMLA caches {} elements per token = {:g}·d_h·l{}.\n", grouped(mla->plugin_elements), mla->per_dh_l,
+        fmt::print("\nMLA caches {} elements per token = {:g}·d_h·l{}.\n", grouped(mla->plugin_elements),
+                   mla->per_dh_l,
                    mha ? fmt::format(", {:.2f}% of MHA's {}", 100.0 * mla->plugin_elements / mha->plugin_elements,
                                      grouped(mha->plugin_elements))
                        : "");

@@ -47,11 +47,12 @@ interrupted points are recorded as failed and rerun on resume (exit status 130).
 volatile std::sig_atomic_t g_interrupts = 0;
 extern "C" void on_interrupt(int) { g_interrupts = g_interrupts + 1; }
 
+// Workers exec /proc/self/exe: this very binary, even if build/kvlab is rebuilt mid-sweep.
 std::string self_exe() {
     char buf[4096];
-    const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0) throw Error("sweep: cannot find the kvlab binary (/proc/self/exe)");
-    return std::string(buf, size_t(n));
+    if (readlink("/proc/self/exe", buf, sizeof buf - 1) <= 0)
+        throw Error("sweep: cannot find the kvlab binary (/proc/self/exe is not readable)");
+    return "/proc/self/exe";
 }
 
 const char* status_name(PointStatus s) {
@@ -145,10 +146,14 @@ int cmd_sweep(int argc, char** argv) {
 // sweep) under the original config's name, so relative data paths resolve as they did for
 // the sweep, and trains it into its own results file.
 int cmd_run_point(int argc, char** argv) {
+    const char* usage =
+        "usage: kvlab _run-point POINT.yaml --run-id ID --out PART.h5 [--source CONFIG] [--threads T] [--quiet]\n"
+        "(internal: one point of `kvlab sweep` in a worker process; --source is the config file the point\n"
+        "came from, for messages and relative data paths)\n";
+    if (wants_help(argc, argv, 2)) return fmt::print("{}", usage), 0;
     auto a = parse_args(argc, argv, 2, {"source", "run-id", "out", "threads"}, {"quiet"}, "_run-point");
     if (a.positional.size() != 1 || a.opt("run-id").empty() || a.opt("out").empty())
-        throw Error("_run-point: usage: kvlab _run-point POINT.yaml --run-id ID --out PART.h5 [--source CONFIG] "
-                    "[--threads T] [--quiet] (used by kvlab sweep)");
+        throw Error(fmt::format("_run-point: expected POINT.yaml, --run-id and --out\n{}", usage));
     std::ifstream in(a.positional[0], std::ios::binary);
     if (!in) throw Error(fmt::format("_run-point: cannot read {}", a.positional[0]));
     std::stringstream text;

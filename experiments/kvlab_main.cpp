@@ -26,9 +26,11 @@ const std::vector<Command>& commands() {
         {"_run-point", nullptr, cli::cmd_run_point},   // hidden (summary nullptr): kvlab sweep's worker
         {"list", "list registered attention plugins, tasks and low-rank approximators", cli::cmd_list},
         {"gradcheck", "write a gradient dump (model.md) and check gradients by finite differences", cli::cmd_gradcheck},
-        {"generate", "continue a prompt with a trained checkpoint, token by token through the KV cache", cli::cmd_generate},
-        {"decode-bench", "decode speed (tokens/s) and KV-cache bytes per plugin, implementation and context", cli::cmd_decode_bench},
-        {"cache-table", "DeepSeek-V2's Table 1: KV cache per token of MHA/GQA/MQA/MLA for a config's dims", cli::cmd_cache_table},
+        {"generate", "continue a prompt with a trained checkpoint, through the KV cache", cli::cmd_generate},
+        {"decode-bench", "decode tokens/s and KV-cache bytes per plugin, decode impl, context", cli::cmd_decode_bench},
+        {"cache-table", "DeepSeek-V2 Table 1: KV cache/token of MHA, GQA, MQA, MLA for a config", cli::cmd_cache_table},
+        {"approx", "rank-K approximation of one HDF5 matrix; error vs Eckart-Young", cli::cmd_approx},
+        {"compress", "post-hoc KV compression: mha/gqa checkpoint -> latent_kv at rank R", cli::cmd_compress},
     };
     return cmds;
 }

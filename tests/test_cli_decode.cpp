@@ -102,8 +102,11 @@ TEST_CASE("generate samples reproducibly per seed, and top-k 1 is greedy") {
     auto m = tiny_trained_like(4);
     write_param_set(tmp / "ck.h5", "/params", to_param_set(*m));
     // A file with only /params is found without naming the group.
-    auto gen = [&](const std::string& opts) { return kvlab_run(fmt::format("generate {} {}", tmp / "ck.h5", opts), false); };
-    const auto a = gen("--prompt ab --tokens 40 --seed 7 --temperature 2"), b = gen("--prompt ab --tokens 40 --seed 7 --temperature 2");
+    auto gen = [&](const std::string& opts) {
+        return kvlab_run(fmt::format("generate {} {}", tmp / "ck.h5", opts), false);
+    };
+    const auto a = gen("--prompt ab --tokens 40 --seed 7 --temperature 2");
+    const auto b = gen("--prompt ab --tokens 40 --seed 7 --temperature 2");
     REQUIRE(a.status == 0);
     CHECK(a.out == b.out);
     CHECK(a.out.size() == 2 + 40 + 1);
@@ -240,7 +243,8 @@ TEST_CASE("cache-table on configs/deepseek_v2.yaml prints Table 1's numbers") {
     const auto r = kvlab_run(fmt::format("cache-table {}/configs/deepseek_v2.yaml", KVLAB_SOURCE_DIR));
     INFO(r.out);
     CHECK(r.status == 0);
-    for (const char* n : {"1,966,080", "122,880", "15,360", "34,560", "4.5·d_h·l", "2·n_g·d_h·l", "(512 + 64)·60"})
+    for (const char* n :
+         {"1,966,080", "122,880", "15,360", "34,560", "4.5·d_h·l", "2·n_g·d_h·l", "(512 + 64)·60"})
         CHECK(contains(r.out, n));
     CHECK_FALSE(contains(r.out, "MISMATCH"));
 }

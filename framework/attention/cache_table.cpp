@@ -23,7 +23,8 @@ struct Table1Entry {
 
 const std::vector<Table1Entry>& table1() {
     static const std::vector<Table1Entry> entries = {
-        {"mha", "MHA", "1 K/V head per query head", "none: keys and values of every head", "2·n_h·d_h·l", "Strong", {}},
+        {"mha", "MHA", "1 K/V head per query head", "none: keys and values of every head", "2·n_h·d_h·l", "Strong",
+         {}},
         {"gqa", "GQA", "n_heads/n_kv_heads query heads share one K/V head", "fewer K/V heads (n_g of n_h)",
          "2·n_g·d_h·l", "Moderate", {"n_kv_heads"}},
         {"mqa", "MQA", "all query heads share one K/V head", "one K/V head", "2·d_h·l", "Weak", {}},

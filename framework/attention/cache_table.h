@@ -21,7 +21,7 @@ struct CacheTableRow {
     std::string variant;            // registry name: "mha", "gqa", "mqa", "mla", or another plugin
     std::string label;              // as the paper writes it: "MHA", ...
     bool in_table1 = true;          // false: another registered plugin, with no paper formula
-    std::string sharing;            // which query heads share which keys and values
+    std::string sharing;            // which query heads share which K/V (other plugins: the registry description)
     std::string reduction;          // how the variant shrinks the cache
     std::string formula;            // the paper's formula, "2·n_h·d_h·l" ("" when not in Table 1)
     std::string substituted;        // the formula on this config's numbers, "2·128·128·60"

@@ -12,6 +12,7 @@ template <class S> std::unique_ptr<Attention<S>> make_mha(const ModelConfig&);  
 template <class S> std::unique_ptr<Attention<S>> make_gqa(const ModelConfig&);   // mha_family.cpp
 template <class S> std::unique_ptr<Attention<S>> make_mqa(const ModelConfig&);   // mha_family.cpp
 template <class S> std::unique_ptr<Attention<S>> make_mla(const ModelConfig&);   // mla.cpp
+template <class S> std::unique_ptr<Attention<S>> make_latent_kv(const ModelConfig&);   // latent_kv.cpp
 
 const std::vector<AttentionEntry>& attention_registry() {
     static const std::vector<AttentionEntry> entries = {
@@ -25,6 +26,10 @@ const std::vector<AttentionEntry>& attention_registry() {
           {"q_lora_rank", "width d_c' of the query latent; 0 = no query compression (default 0)"},
           {"qk_rope_head_dim", "decoupled RoPE width d_R per head (required, even, > 0)"}},
          make_mla<float>, make_mla<double>},
+        {"latent_kv", "MHA/GQA with K and V decompressed from one cached latent_rank-wide latent (post-hoc compression target)",
+         {{"latent_rank", "width r of the cached K/V latent (required, > 0)"},
+          {"n_kv_heads", "number of K/V heads (divides n_heads; default n_heads)"}},
+         make_latent_kv<float>, make_latent_kv<double>},
     };
     return entries;
 }

@@ -61,7 +61,7 @@ public:
     // position r % T. Call ensure(T) first.
     void apply_rows(RefT<S> X, int T, int col, int n, bool inverse = false) const {
         const Eigen::Index rows = X.rows();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows > 32)
         for (Eigen::Index r = 0; r < rows; ++r) apply(&X(r, col), n, static_cast<int>(r % T), inverse);
     }
 

@@ -370,7 +370,8 @@ void write_table(const std::string& file, const std::string& group_path, const T
         const auto& [name, col] = t.columns[i];
         KV_CHECK(is_valid_name(name), "column name '{}' is not a valid HDF5 link name", name);
         const size_t n = std::visit([](const auto& v) { return v.size(); }, col);
-        KV_CHECK(i == 0 || n == rows, "table '{}': column '{}' has {} rows, the first has {}", group_path, name, n, rows);
+        KV_CHECK(i == 0 || n == rows, "table '{}': column '{}' has {} rows, the first has {}", group_path, name, n,
+                 rows);
         rows = n;
     }
     h5::File f = h5::File::open(file, h5::Mode::create_or_open);

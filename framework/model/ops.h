@@ -6,6 +6,12 @@
 
 #include "core/tensor.h"
 
+namespace kvlab {
+// Row loops go parallel only above this many rows: for a decode step (one row) the
+// fork/join of a parallel region costs more than the work.
+inline constexpr Eigen::Index kParallelRows = 32;
+}  // namespace kvlab
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -16,7 +22,7 @@ namespace kvlab::ops {
 template <class S>
 void rmsnorm_forward(CRefT<S> x, const S* g, double eps, RefT<S> y, S* r) {
     const Eigen::Index N = x.rows(), D = x.cols();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > kParallelRows)
     for (Eigen::Index n = 0; n < N; ++n) {
         const S* xr = x.data() + n * x.outerStride();
         S* yr = &y(n, 0);
@@ -34,7 +40,7 @@ void rmsnorm_forward(CRefT<S> x, const S* g, double eps, RefT<S> y, S* r) {
 template <class S>
 void rmsnorm_backward(CRefT<S> x, const S* g, const S* r, CRefT<S> dy, RefT<S> dx, S* dg, RefT<S> work) {
     const Eigen::Index N = x.rows(), D = x.cols();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > kParallelRows)
     for (Eigen::Index n = 0; n < N; ++n) {
         const S* xr = x.data() + n * x.outerStride();
         const S* dyr = dy.data() + n * dy.outerStride();
@@ -61,7 +67,7 @@ inline S sigmoid(S z) {
 template <class S>
 void swiglu_forward(CRefT<S> a, CRefT<S> b, RefT<S> hmid) {
     const Eigen::Index N = a.rows(), F = a.cols();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > kParallelRows)
     for (Eigen::Index n = 0; n < N; ++n)
         for (Eigen::Index f = 0; f < F; ++f) {
             const S z = a(n, f);
@@ -73,7 +79,7 @@ void swiglu_forward(CRefT<S> a, CRefT<S> b, RefT<S> hmid) {
 template <class S>
 void swiglu_backward(CRefT<S> a, CRefT<S> b, CRefT<S> dh, RefT<S> da, RefT<S> db) {
     const Eigen::Index N = a.rows(), F = a.cols();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > kParallelRows)
     for (Eigen::Index n = 0; n < N; ++n)
         for (Eigen::Index f = 0; f < F; ++f) {
             const S z = a(n, f), sg = sigmoid(z);
@@ -90,7 +96,7 @@ template <class S>
 double cross_entropy_forward(CRefT<S> logits, const int32_t* targets, RefT<S> probs, double* row_loss,
                              int64_t& n_scored) {
     const Eigen::Index N = logits.rows(), V = logits.cols();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > kParallelRows)
     for (Eigen::Index n = 0; n < N; ++n) {
         const S* lr = logits.data() + n * logits.outerStride();
         S* pr = &probs(n, 0);
@@ -123,7 +129,7 @@ template <class S>
 void cross_entropy_backward(CRefT<S> probs, const int32_t* targets, int64_t n_scored, RefT<S> dlogits) {
     const Eigen::Index N = probs.rows();
     const S inv = n_scored > 0 ? S(1) / S(n_scored) : S(0);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N > kParallelRows)
     for (Eigen::Index n = 0; n < N; ++n) {
         if (targets[n] < 0) {
             dlogits.row(n).setZero();

@@ -253,6 +253,12 @@ void Transformer<S>::count_correct(const int32_t* targets, int64_t& scored, int6
 }
 
 template <class S>
+const typename Transformer<S>::Mat& Transformer<S>::attention_input(int layer) const {
+    KV_CHECK(layer >= 0 && layer < L_, "layer {} out of range [0, {})", layer, L_);
+    return layers_[layer]->xn1;
+}
+
+template <class S>
 int64_t Transformer<S>::kv_elements_per_token() const {
     int64_t n = 0;
     for (const auto& a : attn_) n += a->kv_elements_per_token();

@@ -56,6 +56,9 @@ public:
     void count_correct(const int32_t* targets, int64_t& scored, int64_t& correct) const;
 
     Attention<S>& attention(int layer) { return *attn_[layer]; }
+    // The RMSNorm'd input of layer `layer`'s attention in the last forward, [B*T, D]: what
+    // the plugin saw (post-hoc KV compression calibrates on it, lowrank/compress.h).
+    const Mat& attention_input(int layer) const;
     // Summed over all layers.
     int64_t kv_elements_per_token() const;
     // The hyper-parameters as checkpoint attributes (model.md), attention included.

@@ -291,6 +291,7 @@ Report build_report(const std::vector<RunRecord>& runs, ReportMetric metric) {
             if (r->bpb) bpb.push_back(*r->bpb);
             if (r->acc) acc.push_back(*r->acc);
         }
+        std::sort(row.run_ids.begin(), row.run_ids.end());
         row.val_loss = mean_std(loss);
         row.val_bits_per_byte = mean_std(bpb);
         row.val_accuracy = mean_std(acc);

@@ -229,22 +229,21 @@ void Runner::finish(Worker& w, int wait_status) {
         }
     }
     const std::string status = rec ? text_attr(rec->attrs, "status") : "";
-    std::string error;
-    if (WIFSIGNALED(wait_status)) {
-        const int sig = WTERMSIG(wait_status);
-        error = fmt::format("process exited with signal {} ({})", sig, strsignal(sig));
-        if (stopping_) error = "interrupted: " + error;
-    } else if (status != "completed") {
-        std::string last = w.last_line;
-        if (last.rfind("kvlab _run-point: ", 0) == 0) last.erase(0, 18);
-        if (status == "failed" && !text_attr(rec->attrs, "error").empty())
-            error = text_attr(rec->attrs, "error");
-        else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) != 0)
-            error = !last.empty() ? last : fmt::format("process exited with status {}", WEXITSTATUS(wait_status));
-        else
-            error = fmt::format("the worker exited without completing its run (status \"{}\"{})", status,
-                                part_problem.empty() ? "" : "; " + part_problem);
-    }
+    std::string error;   // stays empty when the run completed, whatever happened after
+    std::string last = w.last_line;
+    if (last.rfind("kvlab _run-point: ", 0) == 0) last.erase(0, 18);
+    if (status == "completed")
+        error.clear();
+    else if (WIFSIGNALED(wait_status))
+        error = fmt::format("{}process exited with signal {} ({})", stopping_ ? "interrupted: " : "",
+                            WTERMSIG(wait_status), strsignal(WTERMSIG(wait_status)));
+    else if (status == "failed" && !text_attr(rec->attrs, "error").empty())
+        error = text_attr(rec->attrs, "error");
+    else if (WIFEXITED(wait_status) && WEXITSTATUS(wait_status) != 0)
+        error = !last.empty() ? last : fmt::format("process exited with status {}", WEXITSTATUS(wait_status));
+    else
+        error = fmt::format("the worker exited without completing its run (status \"{}\"{})", status,
+                            part_problem.empty() ? "" : "; " + part_problem);
 
     // Merge into the results file; keep the part files when that fails.
     try {

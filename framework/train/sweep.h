@@ -32,7 +32,7 @@
 namespace kvlab {
 
 struct SweepOptions {
-    std::string exe;        // the kvlab binary the workers run (kvlab sweep: /proc/self/exe)
+    std::string exe;        // the kvlab binary the workers exec (kvlab sweep: "/proc/self/exe", itself)
     int jobs = 1;           // workers at a time
     int threads = 0;        // per worker; 0 = the config's train.threads, or cores/jobs when that is 0 and jobs > 1
     bool overwrite = false; // rerun completed points too

@@ -26,7 +26,7 @@ inline ModelConfig tiny_model(const std::string& attention, int q_lora_rank = 6,
     c.head_dim = 4;
     c.mlp_hidden = 24;
     c.tie_embeddings = tie;
-    c.plugin = {{"n_kv_heads", 2}, {"kv_lora_rank", 8}, {"q_lora_rank", q_lora_rank}, {"qk_rope_head_dim", 4}};
+    c.plugin = {{"n_kv_heads", 2}, {"kv_lora_rank", 8}, {"q_lora_rank", q_lora_rank}, {"qk_rope_head_dim", 4}, {"latent_rank", 6}};
     return c;
 }
 
