@@ -9,7 +9,30 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
+
 namespace kvlab {
+namespace {
+
+// Adds the seconds since the previous lap to one OpTimes field, when timing is on.
+class Lap {
+public:
+    explicit Lap(bool on) : on_(on) {
+        if (on_) t_ = std::chrono::steady_clock::now();
+    }
+    void operator()(double& acc) {
+        if (!on_) return;
+        const auto now = std::chrono::steady_clock::now();
+        acc += std::chrono::duration<double>(now - t_).count();
+        t_ = now;
+    }
+
+private:
+    bool on_;
+    std::chrono::steady_clock::time_point t_;
+};
+
+}  // namespace
 
 template <class S>
 struct Transformer<S>::Layer {
@@ -164,6 +187,8 @@ double Transformer<S>::forward(const int32_t* inputs, const int32_t* targets, in
         std::fill(targets_.begin(), targets_.end(), -1);
     has_targets_ = targets != nullptr;
     const S* embed = p("embed");
+    Lap lap(timing_);
+    OpTimes& ot = op_times_;
 
     // x_0 = embed[tokens]
     Mat& x0 = L_ > 0 ? layers_[0]->x_in : xf_;
@@ -171,20 +196,25 @@ double Transformer<S>::forward(const int32_t* inputs, const int32_t* targets, in
         KV_CHECK(inputs[n] >= 0 && inputs[n] < V_, "token id {} out of range [0, {})", inputs[n], V_);
         x0.row(n) = CMapT<S>(embed + static_cast<int64_t>(inputs[n]) * D_, 1, D_);
     }
+    lap(ot.embed);
     for (int l = 0; l < L_; ++l) {
         Layer& Ly = *layers_[l];
         // h = x_l + Attn_l(RMSNorm(x_l; attn_norm_l))
         ops::rmsnorm_forward<S>(Ly.x_in, Ly.attn_norm, cfg_.norm_eps, Ly.xn1, Ly.r1.data());
+        lap(ot.norm_fwd);
         attn_[l]->forward(B, T, Ly.xn1, Ly.attn_out);
+        lap(ot.attn_fwd);
         Ly.h = Ly.x_in + Ly.attn_out;
         // x_{l+1} = h + MLP_l(RMSNorm(h; mlp_norm_l)),  MLP(x) = (silu(x w_gateᵀ) ⊙ (x w_upᵀ)) w_downᵀ
         ops::rmsnorm_forward<S>(Ly.h, Ly.mlp_norm, cfg_.norm_eps, Ly.xn2, Ly.r2.data());
+        lap(ot.norm_fwd);
         Ly.a.noalias() = Ly.xn2 * CMapT<S>(Ly.w_gate, F_, D_).transpose();   // [N, F]
         Ly.b.noalias() = Ly.xn2 * CMapT<S>(Ly.w_up, F_, D_).transpose();     // [N, F]
         ops::swiglu_forward<S>(Ly.a, Ly.b, Ly.hmid);
         Mat& x_next = l + 1 < L_ ? layers_[l + 1]->x_in : xf_;
         x_next = Ly.h;
         x_next.noalias() += Ly.hmid * CMapT<S>(Ly.w_down, D_, F_).transpose();
+        lap(ot.mlp_fwd);
     }
     // logits = RMSNorm(x_L; final_norm) lm_headᵀ
     ops::rmsnorm_forward<S>(xf_, p("final_norm"), cfg_.norm_eps, xnf_, rf_.data());
@@ -192,6 +222,7 @@ double Transformer<S>::forward(const int32_t* inputs, const int32_t* targets, in
     logits_.noalias() = xnf_ * CMapT<S>(lm, V_, D_).transpose();            // [N, V]
     // loss = mean over targets != -1 of −log softmax(logits_t)[target_t]
     const double total = ops::cross_entropy_forward<S>(logits_, targets_.data(), probs_, row_loss_.data(), n_scored_);
+    lap(ot.head_fwd);
     return n_scored_ > 0 ? total / double(n_scored_) : 0.0;
 }
 
@@ -204,6 +235,8 @@ void Transformer<S>::backward() {
     S* dembed = g("embed");
     const S* lm = cfg_.tie_embeddings ? embed : p("lm_head");
     S* dlm = cfg_.tie_embeddings ? dembed : g("lm_head");
+    Lap lap(timing_);
+    OpTimes& ot = op_times_;
 
     // loss = mean CE  →  dlogits (written into probs_, which backward no longer needs)
     ops::cross_entropy_backward<S>(probs_, targets_.data(), n_scored_, probs_);
@@ -213,6 +246,7 @@ void Transformer<S>::backward() {
     dxn_.noalias() = dlogits * CMapT<S>(lm, V_, D_);                         // [N, D]
     // xnf = RMSNorm(x_L; final_norm)
     ops::rmsnorm_backward<S>(xf_, p("final_norm"), rf_.data(), dxn_, dx_, g("final_norm"), work_);
+    lap(ot.head_bwd);
 
     for (int l = L_ - 1; l >= 0; --l) {
         Layer& Ly = *layers_[l];
@@ -226,18 +260,23 @@ void Transformer<S>::backward() {
         MapT<S>(Ly.dw_up, F_, D_).noalias() += db_.transpose() * Ly.xn2;
         dxn_.noalias() = da_ * CMapT<S>(Ly.w_gate, F_, D_);
         dxn_.noalias() += db_ * CMapT<S>(Ly.w_up, F_, D_);
+        lap(ot.mlp_bwd);
         // xn2 = RMSNorm(h; mlp_norm); dh = d x_{l+1} + (through the MLP branch)
         ops::rmsnorm_backward<S>(Ly.h, Ly.mlp_norm, Ly.r2.data(), dxn_, dtmp_, Ly.d_mlp_norm, work_);
         dh_ = dx_ + dtmp_;
+        lap(ot.norm_bwd);
         // h = x_in + Attn(xn1)
         attn_[l]->backward(dh_, dxn_);
+        lap(ot.attn_bwd);
         // xn1 = RMSNorm(x_in; attn_norm); d x_l = dh + (through the attention branch)
         ops::rmsnorm_backward<S>(Ly.x_in, Ly.attn_norm, Ly.r1.data(), dxn_, dtmp_, Ly.d_attn_norm, work_);
         dx_ = dh_ + dtmp_;
+        lap(ot.norm_bwd);
     }
     // x_0 = embed[tokens]: scatter-add in row order (deterministic)
     for (Eigen::Index n = 0; n < N; ++n)
         MapT<S>(dembed + static_cast<int64_t>(inputs_[n]) * D_, 1, D_) += dx_.row(n);
+    lap(ot.embed);
 }
 
 template <class S>
@@ -256,6 +295,20 @@ template <class S>
 const typename Transformer<S>::Mat& Transformer<S>::attention_input(int layer) const {
     KV_CHECK(layer >= 0 && layer < L_, "layer {} out of range [0, {})", layer, L_);
     return layers_[layer]->xn1;
+}
+
+template <class S>
+int64_t Transformer<S>::activation_bytes() const {
+    int64_t n = 0;   // elements of S
+    for (const auto& L : layers_)
+        n += L->x_in.size() + L->xn1.size() + L->r1.size() + L->r2.size() + L->attn_out.size() + L->h.size() +
+             L->xn2.size() + L->a.size() + L->b.size() + L->hmid.size();
+    n += xf_.size() + xnf_.size() + rf_.size() + logits_.size() + probs_.size() + dx_.size() + dh_.size() +
+         dxn_.size() + dtmp_.size() + work_.size() + da_.size() + db_.size() + dhmid_.size();
+    int64_t bytes = n * static_cast<int64_t>(sizeof(S));
+    bytes += static_cast<int64_t>((inputs_.size() + targets_.size()) * sizeof(int32_t) + row_loss_.size() * sizeof(double));
+    for (const auto& a : attn_) bytes += a->activation_bytes();
+    return bytes;
 }
 
 template <class S>

@@ -74,6 +74,24 @@ public:
     // Feeds one token at position state.length(); writes logits [V].
     void decode_step(DecodeState& state, int32_t token, S* logits_out);
 
+    // Optional wall-clock seconds per part of forward/backward (kvlab bench), added up
+    // while set_op_timing(true); off by default, when each part costs one untaken branch.
+    struct OpTimes {
+        double embed = 0;                  // x_0 = embed[tokens] and its scatter-add backward
+        double norm_fwd = 0, norm_bwd = 0;  // the blocks' RMSNorms and residual adds
+        double attn_fwd = 0, attn_bwd = 0;  // the attention plugins
+        double mlp_fwd = 0, mlp_bwd = 0;    // SwiGLU MLPs: GEMMs and activation
+        double head_fwd = 0, head_bwd = 0;  // final RMSNorm, lm_head, cross-entropy
+        double total() const {
+            return embed + norm_fwd + norm_bwd + attn_fwd + attn_bwd + mlp_fwd + mlp_bwd + head_fwd + head_bwd;
+        }
+    };
+    void set_op_timing(bool on) { timing_ = on; }
+    OpTimes& op_times() { return op_times_; }
+    // Bytes of the activation buffers allocated for the last forward's (B, T): the model's
+    // (kept for backward and backward scratch) and every plugin's (Attention::activation_bytes).
+    int64_t activation_bytes() const;
+
 private:
     struct Layer;
     ModelConfig cfg_;
@@ -96,6 +114,8 @@ private:
     bool has_targets_ = false;
     // Decode scratch
     Mat dec_x_, dec_xn_, dec_tmp_, dec_h_, dec_a_, dec_b_, dec_hmid_;
+    bool timing_ = false;
+    OpTimes op_times_;
 
     void resize(int B, int T);
     S* p(const std::string& name);

@@ -2,7 +2,7 @@
 // its own worker process, merged into the results file as they finish.
 //
 // Why processes, not threads: two single-threaded processes gave 1.4-1.7x the throughput of
-// one two-threaded process on these small models (shared/notes/measurements.md), and
+// one two-threaded process on these small models (measured on a 2-core machine), and
 // HDF5 1.10 locks a file against every other process while one has it open for writing,
 // which a RunLogger does for a whole run. So each worker writes its own part file and the
 // parent, the only writer of the results file, copies the run in when the worker exits:
