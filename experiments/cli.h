@@ -10,6 +10,11 @@
 #include <string>
 #include <vector>
 
+namespace kvlab {
+template <class S>
+class Transformer;
+}
+
 namespace kvlab::cli {
 
 // Positionals, --flag, --key value (or --key=value), and repeated --set key=value.
@@ -34,6 +39,18 @@ bool wants_help(int argc, char** argv, int first);
 // embedded default when allow_default, else an Error.
 ExperimentConfig load(const Args& a, const std::string& cmd, bool allow_default);
 
+// One single-sequence decode-speed measurement, shared by decode-bench and bench
+// (cmd_decode.cpp): a decode state for exactly `context` positions, context - steps of
+// them filled by decode steps of tokens[0..] (prefill_seconds), then the last `steps`
+// steps timed `repeats` times, rewinding the cache in between; step_seconds is the median
+// and tokens_per_second = steps / step_seconds. tokens holds at least `context` ids.
+struct DecodeTiming {
+    int64_t cache_bytes = 0;   // the decode state's allocated KV-cache bytes
+    double prefill_seconds = 0, step_seconds = 0, tokens_per_second = 0;
+};
+DecodeTiming time_decode(Transformer<float>& model, const std::string& impl, int context, int steps, int repeats,
+                         const std::vector<int32_t>& tokens);
+
 // Sub-commands: int cmd_<name>(argc, argv), argv[1] is the command name.
 int cmd_train(int argc, char** argv);
 int cmd_list(int argc, char** argv);
@@ -46,5 +63,6 @@ int cmd_decode_bench(int, char**);
 int cmd_cache_table(int, char**);
 int cmd_approx(int, char**);       // cmd_lowrank.cpp
 int cmd_compress(int, char**);     // cmd_lowrank.cpp
+int cmd_bench(int, char**);        // cmd_bench.cpp
 
 }  // namespace kvlab::cli

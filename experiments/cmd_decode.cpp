@@ -289,6 +289,31 @@ struct BenchRow {
 
 }  // namespace
 
+DecodeTiming time_decode(Transformer<float>& m, const std::string& impl, int C, int steps, int repeats,
+                         const std::vector<int32_t>& tokens) {
+    KV_CHECK(steps >= 1 && steps <= C && static_cast<int64_t>(tokens.size()) >= C && repeats >= 1,
+             "time_decode: context {}, steps {}, repeats {}, {} tokens", C, steps, repeats, tokens.size());
+    DecodeTiming r;
+    std::vector<float> logits(static_cast<size_t>(m.config().vocab_size));
+    auto state = m.new_decode_state(C, impl);
+    r.cache_bytes = state.bytes();
+    auto t0 = Clock::now();
+    for (int t = 0; t < C - steps; ++t) m.decode_step(state, tokens[t], logits.data());
+    r.prefill_seconds = seconds_since(t0);
+    std::vector<double> times;
+    for (int rep = 0; rep < repeats; ++rep) {
+        for (auto& layer : state.layers) layer->length = C - steps;   // rewind: truncates the cache
+        t0 = Clock::now();
+        for (int t = C - steps; t < C; ++t) m.decode_step(state, tokens[t], logits.data());
+        times.push_back(seconds_since(t0));
+    }
+    KV_CHECK(state.length() == C, "decode state holds {} tokens, expected {}", state.length(), C);
+    std::sort(times.begin(), times.end());
+    r.step_seconds = times[times.size() / 2];
+    r.tokens_per_second = steps / std::max(r.step_seconds, 1e-12);
+    return r;
+}
+
 int cmd_decode_bench(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kDecodeBenchHelp), 0;
     auto a =
@@ -337,29 +362,17 @@ int cmd_decode_bench(int argc, char** argv) {
         mc.attention = name;
         Transformer<float> m(mc);
         m.init(cfg.seed);
-        std::vector<float> logits(static_cast<size_t>(mc.vocab_size));
         for (const auto& impl : m.attention(0).decode_impls()) {
             for (const int C : contexts) {
                 BenchRow r{name, impl, C, m.attention(0).kv_elements_per_token(), m.kv_elements_per_token()};
-                auto state = m.new_decode_state(C, impl);
-                r.bytes = state.bytes();
-                r.bytes_ok = r.bytes == int64_t{C} * r.per_token * static_cast<int64_t>(sizeof(float));
                 fmt::print(stderr, "decode-bench: {}/{} context {}: prefill {} tokens ... ", name, impl, C, C - steps);
                 std::fflush(stderr);
-                auto t0 = Clock::now();
-                for (int t = 0; t < C - steps; ++t) m.decode_step(state, tokens[t], logits.data());
-                r.prefill_seconds = seconds_since(t0);
-                std::vector<double> times;
-                for (int rep = 0; rep < repeats; ++rep) {
-                    for (auto& layer : state.layers) layer->length = C - steps;   // rewind: truncates the cache
-                    t0 = Clock::now();
-                    for (int t = C - steps; t < C; ++t) m.decode_step(state, tokens[t], logits.data());
-                    times.push_back(seconds_since(t0));
-                }
-                KV_CHECK(state.length() == C, "decode state holds {} tokens, expected {}", state.length(), C);
-                std::sort(times.begin(), times.end());
-                r.step_seconds = times[times.size() / 2];
-                r.tokens_per_second = steps / std::max(r.step_seconds, 1e-12);
+                const DecodeTiming dt = time_decode(m, impl, C, steps, repeats, tokens);
+                r.bytes = dt.cache_bytes;
+                r.bytes_ok = r.bytes == int64_t{C} * r.per_token * static_cast<int64_t>(sizeof(float));
+                r.prefill_seconds = dt.prefill_seconds;
+                r.step_seconds = dt.step_seconds;
+                r.tokens_per_second = dt.tokens_per_second;
                 fmt::print(stderr, "{:.2f} s; {} steps, median of {}: {:.4f} s: {:.1f} tokens/s\n", r.prefill_seconds,
                            steps, repeats, r.step_seconds, r.tokens_per_second);
                 rows.push_back(r);

@@ -236,12 +236,23 @@ int cmd_compress(int argc, char** argv) {
 
     Source src = load_source(a.positional[0]);
     const ModelConfig mc = model_config_from_attrs(src.params.attrs, src.what);
-    // The calibration / validation task: --config, else the run's own config.
+    const CompressDims dims = compress_dims(mc);   // Error for mla, latent_kv, ...
+    if (opt.rank > dims.max_rank)
+        throw Error(fmt::format("--rank {} is impossible: [wk; wv] is [{}, {}], so the rank must be in 1..{}", opt.rank,
+                                2 * dims.n_kv_heads * mc.head_dim, mc.d_model, dims.max_rank));
+    // The calibration / validation task: --config, else the run's own config (which may
+    // not load here, e.g. its data file is elsewhere: fatal only when calibration is needed).
     std::optional<ExperimentConfig> cfg;
-    if (!a.opt("config").empty())
+    if (!a.opt("config").empty()) {
         cfg = load_config(a.opt("config"), a.overrides);
-    else if (!src.run_config.empty())
-        cfg = load_config_text(src.run_config, src.what + " (its config attribute)", a.overrides);
+    } else if (!src.run_config.empty()) {
+        try {
+            cfg = load_config_text(src.run_config, src.what + " (its config attribute)", a.overrides);
+        } catch (const Error& e) {
+            if (opt.data_aware) throw;
+            fmt::print(stderr, "note: no calibration or validation data ({}); weight-only, no loss reported\n", e.what());
+        }
+    }
     if (opt.data_aware && !cfg)
         throw Error("--data-aware needs calibration data: give --config CONFIG (its data: section is the task), or "
                     "a run of a results file, whose own config is used");

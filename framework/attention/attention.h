@@ -80,6 +80,9 @@ public:
 
     virtual void forward(int B, int T, CRef in, Ref out) = 0;   // in, out: [B*T, D]
     virtual void backward(CRef dout, Ref din) = 0;              // dout, din: [B*T, D]
+    // Bytes of the buffers forward/backward allocated for the last (B, T): activations kept
+    // for backward and backward scratch (kvlab bench's memory count). 0 = not reported.
+    virtual int64_t activation_bytes() const { return 0; }
 
     // KV-cache elements per token per layer, model.md's formula (2*G*dh; MLA: d_c + d_R).
     virtual int64_t kv_elements_per_token() const = 0;

@@ -10,8 +10,12 @@
 //   out = concat_i(o_i) woᵀ                                           (wo [D, H·dh])
 //
 // Symbols: D = d_model, H = n_heads, G = n_kv_heads, dh = head_dim, B×T rows.
-// Kept for backward: the input x, rotated q and k, v, the attention probabilities P
-// [B, H, T, T] and the concatenated head outputs o.
+// Kept for backward: the input x, rotated q and k, v (one [B·T, (H+2G)·dh] matrix qkv,
+// column blocks q | k | v), the attention probabilities P [B, H, T, T] and the
+// concatenated head outputs o.
+// wq, wk, wv are consecutive in the model's arena (param_specs order), so they are one
+// [(H+2G)·dh, D] matrix and the three projections are one GEMM, forward and backward; a
+// plugin bound to separate tensors does the three products instead.
 // KV cache per token per layer: 2·G·dh elements (K and V of the G kv heads).
 #include "attention/attention.h"
 #include "attention/rope.h"
@@ -19,6 +23,7 @@
 #include "config/experiment_config.h"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <cmath>
 
@@ -53,28 +58,36 @@ public:
             w_[spec.name] = p.get(spec.name, spec.shape);
             dw_[spec.name] = g.get(spec.name, spec.shape);
         }
+        const int64_t nq = int64_t(H_) * dh_ * D_, nk = int64_t(G_) * dh_ * D_;
+        fused_ = w_["wk"] == w_["wq"] + nq && w_["wv"] == w_["wk"] + nk && dw_["wk"] == dw_["wq"] + nq &&
+                 dw_["wv"] == dw_["wk"] + nk;
     }
 
     void forward(int B, int T, CRef x, Ref out) override {
         resize(B, T);
         rope_.ensure(T);
         const int H = H_, G = G_, dh = dh_, rep = H_ / G_;
-        // 1. projections
+        // 1. projections: [q | k | v] = x [wq; wk; wv]ᵀ
         x_ = x;                                                       // [B*T, D]
-        q_.noalias() = x * W("wq", H * dh, D_).transpose();           // [B*T, H*dh]
-        k_.noalias() = x * W("wk", G * dh, D_).transpose();           // [B*T, G*dh]
-        v_.noalias() = x * W("wv", G * dh, D_).transpose();           // [B*T, G*dh]
-        // 2. RoPE over the whole head width
-        rope_.apply_rows(q_, T, 0, H);
-        rope_.apply_rows(k_, T, 0, G);
+        if (fused_) {
+            qkv_.noalias() = x * W("wq", (H + 2 * G) * dh, D_).transpose();   // [B*T, (H+2G)*dh]
+        } else {
+            qkv_.leftCols(H * dh).noalias() = x * W("wq", H * dh, D_).transpose();
+            qkv_.middleCols(H * dh, G * dh).noalias() = x * W("wk", G * dh, D_).transpose();
+            qkv_.rightCols(G * dh).noalias() = x * W("wv", G * dh, D_).transpose();
+        }
+        // 2. RoPE over the whole head width of the H query and G key heads (adjacent columns)
+        rope_.apply_rows(qkv_, T, 0, H + G);
         // 3-5. scores, softmax, weighted sum, per (sequence, head)
         const S scale = S(1) / std::sqrt(S(dh));
+        const int kc = H * dh, vc = (H + G) * dh;                     // first columns of k and v
 #pragma omp parallel for collapse(2) schedule(static)
         for (int b = 0; b < B; ++b)
             for (int i = 0; i < H; ++i) {
                 const int j = i / rep;
-                sdpa_forward<S>(q_.block(b * T, i * dh, T, dh), k_.block(b * T, j * dh, T, dh),
-                                v_.block(b * T, j * dh, T, dh), scale, probs(b, i), o_.block(b * T, i * dh, T, dh));
+                sdpa_forward<S>(qkv_.block(b * T, i * dh, T, dh), qkv_.block(b * T, kc + j * dh, T, dh),
+                                qkv_.block(b * T, vc + j * dh, T, dh), scale, probs(b, i),
+                                o_.block(b * T, i * dh, T, dh));
             }
         // 6. output projection
         out.noalias() = o_ * W("wo", D_, H * dh).transpose();         // [B*T, D]
@@ -88,28 +101,39 @@ public:
         // 3-5. o_i = softmax(q_i k_jᵀ · scale) v_j; heads sharing kv head j accumulate
         // into dk_j, dv_j, so the parallel loop runs over (sequence, kv head).
         const S scale = S(1) / std::sqrt(S(dh));
-        dk_.setZero();
-        dv_.setZero();
+        const int kc = H * dh, vc = (H + G) * dh;
+        dqkv_.rightCols(2 * G * dh).setZero();                        // dk, dv are accumulated
+        ensure_scratch();
 #pragma omp parallel for collapse(2) schedule(static)
         for (int b = 0; b < B; ++b)
             for (int j = 0; j < G; ++j) {
-                auto dP = dP_.block(static_cast<Eigen::Index>(b * G + j) * T, 0, T, T);
+                auto dP = dP_.middleRows(static_cast<Eigen::Index>(omp_get_thread_num()) * kSdpaBlock, kSdpaBlock);
                 for (int i = j * rep; i < (j + 1) * rep; ++i)
-                    sdpa_backward<S>(q_.block(b * T, i * dh, T, dh), k_.block(b * T, j * dh, T, dh),
-                                     v_.block(b * T, j * dh, T, dh), probs(b, i), do_.block(b * T, i * dh, T, dh),
-                                     scale, dP, dq_.block(b * T, i * dh, T, dh), dk_.block(b * T, j * dh, T, dh),
-                                     dv_.block(b * T, j * dh, T, dh));
+                    sdpa_backward<S>(qkv_.block(b * T, i * dh, T, dh), qkv_.block(b * T, kc + j * dh, T, dh),
+                                     qkv_.block(b * T, vc + j * dh, T, dh), probs(b, i),
+                                     do_.block(b * T, i * dh, T, dh), scale, dP, dqkv_.block(b * T, i * dh, T, dh),
+                                     dqkv_.block(b * T, kc + j * dh, T, dh), dqkv_.block(b * T, vc + j * dh, T, dh));
             }
         // 2. RoPE is a rotation: its backward is the inverse rotation
-        rope_.apply_rows(dq_, T, 0, H, /*inverse=*/true);
-        rope_.apply_rows(dk_, T, 0, G, /*inverse=*/true);
-        // 1. q = x wqᵀ, k = x wkᵀ, v = x wvᵀ
-        dW("wq", H * dh, D_).noalias() += dq_.transpose() * x_;
-        dW("wk", G * dh, D_).noalias() += dk_.transpose() * x_;
-        dW("wv", G * dh, D_).noalias() += dv_.transpose() * x_;
-        dx.noalias() = dq_ * W("wq", H * dh, D_);
-        dx.noalias() += dk_ * W("wk", G * dh, D_);
-        dx.noalias() += dv_ * W("wv", G * dh, D_);
+        rope_.apply_rows(dqkv_, T, 0, H + G, /*inverse=*/true);
+        // 1. [q | k | v] = x [wq; wk; wv]ᵀ
+        if (fused_) {
+            dW("wq", (H + 2 * G) * dh, D_).noalias() += dqkv_.transpose() * x_;
+            dx.noalias() = dqkv_ * W("wq", (H + 2 * G) * dh, D_);
+        } else {
+            dW("wq", H * dh, D_).noalias() += dqkv_.leftCols(H * dh).transpose() * x_;
+            dW("wk", G * dh, D_).noalias() += dqkv_.middleCols(H * dh, G * dh).transpose() * x_;
+            dW("wv", G * dh, D_).noalias() += dqkv_.rightCols(G * dh).transpose() * x_;
+            dx.noalias() = dqkv_.leftCols(H * dh) * W("wq", H * dh, D_);
+            dx.noalias() += dqkv_.middleCols(H * dh, G * dh) * W("wk", G * dh, D_);
+            dx.noalias() += dqkv_.rightCols(G * dh) * W("wv", G * dh, D_);
+        }
+    }
+
+    int64_t activation_bytes() const override {
+        int64_t n = 0;
+        for (const Mat* m : {&x_, &qkv_, &o_, &do_, &dqkv_, &P_, &dP_}) n += m->size();
+        return n * static_cast<int64_t>(sizeof(S));
     }
 
     int64_t kv_elements_per_token() const override { return 2LL * G_ * dh_; }
@@ -167,24 +191,31 @@ private:
         T_ = T;
         const Eigen::Index BT = static_cast<Eigen::Index>(B) * T;
         x_.resize(BT, D_);
-        q_.resize(BT, H_ * dh_);
-        k_.resize(BT, G_ * dh_);
-        v_.resize(BT, G_ * dh_);
+        qkv_.resize(BT, (H_ + 2 * G_) * dh_);
         o_.resize(BT, H_ * dh_);
         do_.resize(BT, H_ * dh_);
-        dq_.resize(BT, H_ * dh_);
-        dk_.resize(BT, G_ * dh_);
-        dv_.resize(BT, G_ * dh_);
+        dqkv_.resize(BT, (H_ + 2 * G_) * dh_);
         P_.resize(static_cast<Eigen::Index>(B) * H_ * T, T);       // [B, H, T, T]
-        dP_.resize(static_cast<Eigen::Index>(B) * G_ * T, T);      // one scratch per (b, kv head)
+        dP_.resize(0, 0);
+        ensure_scratch();
+    }
+    // dP: one block of rows per thread, [threads * kSdpaBlock, T]
+    void ensure_scratch() {
+        const Eigen::Index rows = static_cast<Eigen::Index>(omp_get_max_threads()) * kSdpaBlock;
+        if (dP_.rows() < rows || dP_.cols() != T_) dP_.resize(rows, T_);
     }
 
     std::string name_;
     int D_, H_, G_, dh_;
     Rope<S> rope_;
     std::map<std::string, S*> w_, dw_;
+    bool fused_ = false;          // wq, wk, wv consecutive (in the arenas, and their gradients)
     int B_ = 0, T_ = 0;
-    Mat x_, q_, k_, v_, o_, do_, dq_, dk_, dv_, P_, dP_;
+    Mat x_;                       // [B*T, D]
+    Mat qkv_, dqkv_;              // [B*T, (H+2G)*dh]  rotated q | rotated k | v, and the gradient
+    Mat o_, do_;                  // [B*T, H*dh]
+    Mat P_;                       // [B*H*T, T]
+    Mat dP_;                      // [threads*kSdpaBlock, T] backward scratch
 };
 
 }  // namespace

@@ -252,6 +252,14 @@ public:
         }
     }
 
+    int64_t activation_bytes() const override {
+        int64_t n = cq_rstd_.size() + ckv_rstd_.size();
+        for (const Mat* m : {&x_, &cq_hat_, &cq_, &dcq_, &ckv_hat_, &ckv_, &dckv_, &qc_, &dqc_, &kc_, &dkc_, &qr_, &dqr_,
+                             &kr_, &dkr_, &qcat_, &dqcat_, &kcat_, &dkcat_, &v_, &dv_, &o_, &do_, &P_, &dP_})
+            n += m->size();
+        return n * static_cast<int64_t>(sizeof(S));
+    }
+
     int64_t kv_elements_per_token() const override { return static_cast<int64_t>(dc_) + dR_; }
     std::vector<std::string> decode_impls() const override { return {"absorbed", "naive"}; }
 

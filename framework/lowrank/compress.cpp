@@ -61,9 +61,7 @@ void set_attr(Attrs& a, const std::string& key, AttrValue v) {
 
 }  // namespace
 
-ParamSet compress_to_latent_kv(const ParamSet& src, const CompressOptions& opt, const std::vector<MatD>& grams,
-                               std::vector<LayerCompression>* report) {
-    const ModelConfig cfg = model_config_from_attrs(src.attrs, "the checkpoint to compress");
+CompressDims compress_dims(const ModelConfig& cfg) {
     int64_t G = 0;
     if (cfg.attention == "mha")
         G = cfg.n_heads;
@@ -76,7 +74,14 @@ ParamSet compress_to_latent_kv(const ParamSet& src, const CompressOptions& opt, 
                                 cfg.attention));
     if (G < 1 || cfg.n_heads % G != 0)
         throw Error(fmt::format("the checkpoint's n_kv_heads ({}) does not divide n_heads ({})", G, cfg.n_heads));
-    const int64_t D = cfg.d_model, Gdh = G * cfg.head_dim, max_rank = std::min<int64_t>(2 * Gdh, D);
+    return {static_cast<int>(G), static_cast<int>(std::min<int64_t>(2 * G * cfg.head_dim, cfg.d_model))};
+}
+
+ParamSet compress_to_latent_kv(const ParamSet& src, const CompressOptions& opt, const std::vector<MatD>& grams,
+                               std::vector<LayerCompression>* report) {
+    const ModelConfig cfg = model_config_from_attrs(src.attrs, "the checkpoint to compress");
+    const CompressDims dims = compress_dims(cfg);
+    const int64_t G = dims.n_kv_heads, D = cfg.d_model, Gdh = G * cfg.head_dim, max_rank = dims.max_rank;
     if (opt.rank < 1 || opt.rank > max_rank)
         throw Error(fmt::format("--rank {} is impossible: [wk; wv] is [{}, {}], so the rank must be in 1..{} "
                                 "(min(2·n_kv_heads·head_dim, d_model))", opt.rank, 2 * Gdh, D, max_rank));

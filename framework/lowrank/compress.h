@@ -50,6 +50,14 @@ struct LayerCompression {
 template <class S>
 std::vector<MatD> attention_input_grams(Transformer<S>& model, const Task& task, int batches, int batch_size, Rng& rng);
 
+// G, the K/V heads of an mha, gqa or mqa model (H, n_kv_heads, 1), and the largest useful
+// rank min(2·G·dh, D). kvlab::Error for another attention.
+struct CompressDims {
+    int n_kv_heads = 0;
+    int max_rank = 0;
+};
+CompressDims compress_dims(const ModelConfig& src);
+
 // The latent_kv ParamSet for `src` (an mha, gqa or mqa checkpoint: attrs and tensors as
 // model.md). Attributes are copied, with attention = "latent_kv", latent_rank = r and
 // n_kv_heads = G (H for mha, 1 for mqa). grams (one [D, D] per layer, from

@@ -97,7 +97,10 @@ private:
     ModelConfig cfg_;
     int D_, V_, F_, L_;
     std::vector<NamedParam> params_;
-    std::vector<S> theta_, grad_;
+    // Aligned to EIGEN_MAX_ALIGN_BYTES: Eigen's vectorised reductions over a Map peel a
+    // head that depends on the address, so a malloc-aligned arena made results depend on
+    // where the heap put it (two runs in one process differed in the last bits).
+    std::vector<S, Eigen::aligned_allocator<S>> theta_, grad_;
     std::vector<std::unique_ptr<Attention<S>>> attn_;
     std::vector<std::unique_ptr<Layer>> layers_;
 
