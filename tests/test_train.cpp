@@ -180,3 +180,13 @@ TEST_CASE("gradient dumps match the independent PyTorch reference of model.md (w
         CHECK(std::system(check.c_str()) == 0);
     }
 }
+
+TEST_CASE("every shipped config and every point of its sweep validates") {
+    for (const auto& entry : fs::directory_iterator(std::string(KVLAB_SOURCE_DIR) + "/configs")) {
+        if (entry.path().extension() != ".yaml") continue;
+        CAPTURE(entry.path().string());
+        ExperimentConfig cfg;
+        CHECK_NOTHROW(cfg = load_config(entry.path().string()));
+        CHECK_NOTHROW(expand_sweep(cfg));
+    }
+}
