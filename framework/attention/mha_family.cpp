@@ -21,6 +21,7 @@
 #include "attention/rope.h"
 #include "attention/sdpa.h"
 #include "config/experiment_config.h"
+#include "model/ops.h"
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -118,7 +119,7 @@ public:
         rope_.apply_rows(dqkv_, T, 0, H + G, /*inverse=*/true);
         // 1. [q | k | v] = x [wq; wk; wv]ᵀ
         if (fused_) {
-            dW("wq", (H + 2 * G) * dh, D_).noalias() += dqkv_.transpose() * x_;
+            ops::add_weight_grad<S>(dqkv_, x_, dW("wq", (H + 2 * G) * dh, D_), wgrad_);
             dx.noalias() = dqkv_ * W("wq", (H + 2 * G) * dh, D_);
         } else {
             dW("wq", H * dh, D_).noalias() += dqkv_.leftCols(H * dh).transpose() * x_;
@@ -133,6 +134,7 @@ public:
     int64_t activation_bytes() const override {
         int64_t n = 0;
         for (const Mat* m : {&x_, &qkv_, &o_, &do_, &dqkv_, &P_, &dP_}) n += m->size();
+        n += wgrad_.size();
         return n * static_cast<int64_t>(sizeof(S));
     }
 
@@ -198,6 +200,7 @@ private:
         P_.resize(static_cast<Eigen::Index>(B) * H_ * T, T);       // [B, H, T, T]
         dP_.resize(0, 0);
         ensure_scratch();
+        if (fused_) wgrad_.resize((H_ + 2 * G_) * dh_, D_);
     }
     // dP: one block of rows per thread, [threads * kSdpaBlock, T]
     void ensure_scratch() {
@@ -216,6 +219,7 @@ private:
     Mat o_, do_;                  // [B*T, H*dh]
     Mat P_;                       // [B*H*T, T]
     Mat dP_;                      // [threads*kSdpaBlock, T] backward scratch
+    ops::ColMatT<S> wgrad_;       // [(H+2G)*dh, D] scratch of ops::add_weight_grad
 };
 
 }  // namespace

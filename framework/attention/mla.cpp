@@ -40,6 +40,7 @@
 #include "config/experiment_config.h"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <cmath>
 #include <limits>
@@ -195,16 +196,18 @@ public:
         wo_.dW().noalias() += dout.transpose() * o_;                         // [D, H*dh]
         do_.noalias() = dout * wo_.W();                                      // [B*T, H*dh]
         // 4. o_i = softmax(q_i k_iᵀ · scale + mask) v_i. Every (b, i) writes only its own
-        //    slices of dqcat, dkcat, dv and its own dP scratch.
+        //    slices of dqcat, dkcat, dv; dP is the running thread's scratch.
         const S scale = S(1) / std::sqrt(S(dk));
         dkcat_.setZero();
         dv_.setZero();
+        ensure_scratch();
 #pragma omp parallel for collapse(2) schedule(static)
         for (int b = 0; b < B; ++b)
             for (int i = 0; i < H; ++i)
                 sdpa_backward<S>(qcat_.block(b * T, i * dk, T, dk), kcat_.block(b * T, i * dk, T, dk),
                                  v_.block(b * T, i * dh, T, dh), probs(b, i), do_.block(b * T, i * dh, T, dh), scale,
-                                 dprobs(b, i), dqcat_.block(b * T, i * dk, T, dk), dkcat_.block(b * T, i * dk, T, dk),
+                                 dP_.middleRows(static_cast<Eigen::Index>(omp_get_thread_num()) * kSdpaBlock, kSdpaBlock),
+                                 dqcat_.block(b * T, i * dk, T, dk), dkcat_.block(b * T, i * dk, T, dk),
                                  dv_.block(b * T, i * dh, T, dh));
         // 3. q_i = [qC_i, qR_i], k_i = [kC_i, kR]: split the per-head gradients. kR is shared
         //    by all heads, so dkR = Σ_i (dk_i)[dh:dk], summed in head order (thread-count independent).
@@ -406,7 +409,11 @@ private:
     }
 
     auto probs(int b, int i) { return P_.block(static_cast<Eigen::Index>(b * H_ + i) * T_, 0, T_, T_); }
-    auto dprobs(int b, int i) { return dP_.block(static_cast<Eigen::Index>(b * H_ + i) * T_, 0, T_, T_); }
+    // dP: one block of rows per thread, [threads * kSdpaBlock, T]
+    void ensure_scratch() {
+        const Eigen::Index rows = static_cast<Eigen::Index>(omp_get_max_threads()) * kSdpaBlock;
+        if (dP_.rows() < rows || dP_.cols() != T_) dP_.resize(rows, T_);
+    }
 
     void resize(int B, int T) {
         if (B == B_ && T == T_) return;
@@ -439,7 +446,8 @@ private:
         o_.resize(BT, Hdh);
         do_.resize(BT, Hdh);
         P_.resize(static_cast<Eigen::Index>(B) * H_ * T, T);    // [B, H, T, T]
-        dP_.resize(static_cast<Eigen::Index>(B) * H_ * T, T);   // one scratch per (b, head)
+        dP_.resize(0, 0);
+        ensure_scratch();
     }
 
     int D_, H_, dh_, dc_ = 0, dcp_ = 0, dR_ = 0;
@@ -458,7 +466,8 @@ private:
     Mat kr_, dkr_;                // [B*T, dR]
     Mat qcat_, dqcat_, kcat_, dkcat_;  // [B*T, H*dk]  per-head [qC_i, qR_i] and [kC_i, kR]
     Mat v_, dv_, o_, do_;         // [B*T, H*dh]
-    Mat P_, dP_;                  // [B*H*T, T]
+    Mat P_;                       // [B*H*T, T]
+    Mat dP_;                      // [threads*kSdpaBlock, T] backward scratch
 };
 
 }  // namespace

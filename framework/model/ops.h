@@ -26,8 +26,7 @@ void rmsnorm_forward(CRefT<S> x, const S* g, double eps, RefT<S> y, S* r) {
     for (Eigen::Index n = 0; n < N; ++n) {
         const S* xr = x.data() + n * x.outerStride();
         S* yr = &y(n, 0);
-        S ss = 0;
-        for (Eigen::Index d = 0; d < D; ++d) ss += xr[d] * xr[d];
+        const S ss = Eigen::Map<const RowVecT<S>>(xr, D).squaredNorm();
         const S inv = S(1) / std::sqrt(ss / S(D) + S(eps));
         r[n] = inv;
         for (Eigen::Index d = 0; d < D; ++d) yr[d] = xr[d] * inv * g[d];
@@ -47,8 +46,10 @@ void rmsnorm_backward(CRefT<S> x, const S* g, const S* r, CRefT<S> dy, RefT<S> d
         S* dxr = &dx(n, 0);
         S* wr = &work(n, 0);
         const S rn = r[n];
-        S dot = 0;
-        for (Eigen::Index d = 0; d < D; ++d) dot += g[d] * dyr[d] * xr[d];
+        const S dot = (Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>(g, D) *
+                       Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>(dyr, D) *
+                       Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>>(xr, D))
+                          .sum();
         const S c = rn * rn * rn * dot / S(D);
         for (Eigen::Index d = 0; d < D; ++d) {
             dxr[d] = rn * g[d] * dyr[d] - xr[d] * c;
@@ -58,34 +59,30 @@ void rmsnorm_backward(CRefT<S> x, const S* g, const S* r, CRefT<S> dy, RefT<S> d
     Eigen::Map<RowVecT<S>>(dg, D) += work.colwise().sum();
 }
 
-template <class S>
-inline S sigmoid(S z) {
-    return S(1) / (S(1) + std::exp(-z));
-}
-
 // SwiGLU inner product: hmid = silu(a) ⊙ b, silu(z) = z·sigmoid(z).  a, b, hmid: [N, F]
+// (rows as Eigen arrays: the exp is Eigen's vectorised one)
 template <class S>
 void swiglu_forward(CRefT<S> a, CRefT<S> b, RefT<S> hmid) {
-    const Eigen::Index N = a.rows(), F = a.cols();
+    const Eigen::Index N = a.rows();
 #pragma omp parallel for schedule(static) if (N > kParallelRows)
-    for (Eigen::Index n = 0; n < N; ++n)
-        for (Eigen::Index f = 0; f < F; ++f) {
-            const S z = a(n, f);
-            hmid(n, f) = z * sigmoid(z) * b(n, f);
-        }
+    for (Eigen::Index n = 0; n < N; ++n) {
+        const auto z = a.row(n).array();
+        hmid.row(n).array() = z / (S(1) + (-z).exp()) * b.row(n).array();
+    }
 }
 
 // hmid = silu(a) ⊙ b:  da = dh ⊙ b ⊙ σ(a)(1 + a(1 − σ(a))),  db = dh ⊙ silu(a).  Writes da, db.
 template <class S>
 void swiglu_backward(CRefT<S> a, CRefT<S> b, CRefT<S> dh, RefT<S> da, RefT<S> db) {
-    const Eigen::Index N = a.rows(), F = a.cols();
+    const Eigen::Index N = a.rows();
 #pragma omp parallel for schedule(static) if (N > kParallelRows)
-    for (Eigen::Index n = 0; n < N; ++n)
-        for (Eigen::Index f = 0; f < F; ++f) {
-            const S z = a(n, f), sg = sigmoid(z);
-            da(n, f) = dh(n, f) * b(n, f) * sg * (S(1) + z * (S(1) - sg));
-            db(n, f) = dh(n, f) * z * sg;
-        }
+    for (Eigen::Index n = 0; n < N; ++n) {
+        const auto z = a.row(n).array(), g = dh.row(n).array();
+        auto sg = db.row(n).array();   // σ(a) first, then db
+        sg = S(1) / (S(1) + (-z).exp());
+        da.row(n).array() = g * b.row(n).array() * sg * (S(1) + z * (S(1) - sg));
+        sg = g * z * sg;
+    }
 }
 
 // Cross-entropy over rows whose target != -1. Writes probs = softmax(logits) (rows with
@@ -100,15 +97,12 @@ double cross_entropy_forward(CRefT<S> logits, const int32_t* targets, RefT<S> pr
     for (Eigen::Index n = 0; n < N; ++n) {
         const S* lr = logits.data() + n * logits.outerStride();
         S* pr = &probs(n, 0);
-        S mx = -std::numeric_limits<S>::infinity();
-        for (Eigen::Index v = 0; v < V; ++v) mx = std::max(mx, lr[v]);
-        S sum = 0;
-        for (Eigen::Index v = 0; v < V; ++v) {
-            pr[v] = std::exp(lr[v] - mx);
-            sum += pr[v];
-        }
-        const S inv = S(1) / sum;
-        for (Eigen::Index v = 0; v < V; ++v) pr[v] *= inv;
+        const Eigen::Map<const Eigen::Array<S, 1, Eigen::Dynamic>> l(lr, V);
+        Eigen::Map<Eigen::Array<S, 1, Eigen::Dynamic>> p(pr, V);
+        const S mx = l.maxCoeff();
+        p = (l - mx).exp();
+        const S sum = p.sum();
+        p *= S(1) / sum;
         // −log softmax(l)[t] = log Σ exp(l − max) − (l_t − max)
         const int32_t t = targets ? targets[n] : -1;
         row_loss[n] = t >= 0 ? double(std::log(sum)) - double(lr[t] - mx) : 0.0;
@@ -138,6 +132,27 @@ void cross_entropy_backward(CRefT<S> probs, const int32_t* targets, int64_t n_sc
         dlogits.row(n) = probs.row(n) * inv;
         dlogits(n, targets[n]) -= inv;
     }
+}
+
+template <class S>
+using ColMatT = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+// A weight gradient summed over the rows: dW += Aᵀ B, dW [m, n] row-major (in the arena),
+// A [N, m], B [N, n] activations. Eigen runs a product into a row-major matrix as the
+// transposed column-major product, which makes A its right-hand side; a row-major
+// right-hand side is packed by a scalar copy, the larger the wider A is. For m > n the
+// product goes into the column-major scratch instead (B becomes the right-hand side, A is
+// packed vectorised) and is then added: 19% faster for [N, 2F]ᵀ [N, D] at the large
+// benchmark's sizes. The values are those of the same products (summation order aside).
+template <class S>
+void add_weight_grad(CRefT<S> A, CRefT<S> B, MapT<S> dW, ColMatT<S>& scratch) {
+    if (A.cols() <= B.cols()) {
+        dW.noalias() += A.transpose() * B;
+        return;
+    }
+    scratch.resize(A.cols(), B.cols());   // no allocation once sized
+    scratch.noalias() = A.transpose() * B;
+    dW += scratch;
 }
 
 }  // namespace kvlab::ops

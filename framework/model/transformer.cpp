@@ -46,7 +46,8 @@ struct Transformer<S>::Layer {
     Mat attn_out;         // [N, D]
     Mat h;                // [N, D] x_in + attn_out
     Mat xn2;              // [N, D] RMSNorm(h; mlp_norm)
-    Mat a, b, hmid;       // [N, F] gate and up pre-activations, silu(a) ⊙ b
+    Mat ab;               // [N, 2F] gate | up pre-activations a | b (w_gate, w_up are one [2F, D] matrix)
+    Mat hmid;             // [N, F] silu(a) ⊙ b
 };
 
 template <class S>
@@ -98,6 +99,9 @@ Transformer<S>::Transformer(const ModelConfig& cfg)
         L->dw_gate = g(pre + "mlp.w_gate");
         L->dw_up = g(pre + "mlp.w_up");
         L->dw_down = g(pre + "mlp.w_down");
+        // the MLP multiplies by [w_gate; w_up] as one [2F, D] matrix (consecutive in the arenas)
+        KV_CHECK(L->w_up == L->w_gate + int64_t{F_} * D_ && L->dw_up == L->dw_gate + int64_t{F_} * D_,
+                 "w_gate and w_up must be consecutive in the arenas");
         layers_.push_back(std::move(L));
     }
 }
@@ -156,8 +160,7 @@ void Transformer<S>::resize(int B, int T) {
         L->attn_out.resize(N, D_);
         L->h.resize(N, D_);
         L->xn2.resize(N, D_);
-        L->a.resize(N, F_);
-        L->b.resize(N, F_);
+        L->ab.resize(N, 2 * F_);
         L->hmid.resize(N, F_);
     }
     xf_.resize(N, D_);
@@ -171,9 +174,9 @@ void Transformer<S>::resize(int B, int T) {
     dxn_.resize(N, D_);
     dtmp_.resize(N, D_);
     work_.resize(N, D_);
-    da_.resize(N, F_);
-    db_.resize(N, F_);
+    dab_.resize(N, 2 * F_);
     dhmid_.resize(N, F_);
+    wgrad_.resize(2 * F_, D_);
 }
 
 template <class S>
@@ -208,9 +211,8 @@ double Transformer<S>::forward(const int32_t* inputs, const int32_t* targets, in
         // x_{l+1} = h + MLP_l(RMSNorm(h; mlp_norm_l)),  MLP(x) = (silu(x w_gateᵀ) ⊙ (x w_upᵀ)) w_downᵀ
         ops::rmsnorm_forward<S>(Ly.h, Ly.mlp_norm, cfg_.norm_eps, Ly.xn2, Ly.r2.data());
         lap(ot.norm_fwd);
-        Ly.a.noalias() = Ly.xn2 * CMapT<S>(Ly.w_gate, F_, D_).transpose();   // [N, F]
-        Ly.b.noalias() = Ly.xn2 * CMapT<S>(Ly.w_up, F_, D_).transpose();     // [N, F]
-        ops::swiglu_forward<S>(Ly.a, Ly.b, Ly.hmid);
+        Ly.ab.noalias() = Ly.xn2 * CMapT<S>(Ly.w_gate, 2 * F_, D_).transpose();   // [N, 2F]  [a | b]
+        ops::swiglu_forward<S>(Ly.ab.leftCols(F_), Ly.ab.rightCols(F_), Ly.hmid);
         Mat& x_next = l + 1 < L_ ? layers_[l + 1]->x_in : xf_;
         x_next = Ly.h;
         x_next.noalias() += Ly.hmid * CMapT<S>(Ly.w_down, D_, F_).transpose();
@@ -254,12 +256,10 @@ void Transformer<S>::backward() {
         MapT<S>(Ly.dw_down, D_, F_).noalias() += dx_.transpose() * Ly.hmid;
         dhmid_.noalias() = dx_ * CMapT<S>(Ly.w_down, D_, F_);                // [N, F]
         // hmid = silu(a) ⊙ b
-        ops::swiglu_backward<S>(Ly.a, Ly.b, dhmid_, da_, db_);
-        // a = xn2 w_gateᵀ, b = xn2 w_upᵀ
-        MapT<S>(Ly.dw_gate, F_, D_).noalias() += da_.transpose() * Ly.xn2;
-        MapT<S>(Ly.dw_up, F_, D_).noalias() += db_.transpose() * Ly.xn2;
-        dxn_.noalias() = da_ * CMapT<S>(Ly.w_gate, F_, D_);
-        dxn_.noalias() += db_ * CMapT<S>(Ly.w_up, F_, D_);
+        ops::swiglu_backward<S>(Ly.ab.leftCols(F_), Ly.ab.rightCols(F_), dhmid_, dab_.leftCols(F_), dab_.rightCols(F_));
+        // [a | b] = xn2 [w_gate; w_up]ᵀ
+        ops::add_weight_grad<S>(dab_, Ly.xn2, MapT<S>(Ly.dw_gate, 2 * F_, D_), wgrad_);
+        dxn_.noalias() = dab_ * CMapT<S>(Ly.w_gate, 2 * F_, D_);
         lap(ot.mlp_bwd);
         // xn2 = RMSNorm(h; mlp_norm); dh = d x_{l+1} + (through the MLP branch)
         ops::rmsnorm_backward<S>(Ly.h, Ly.mlp_norm, Ly.r2.data(), dxn_, dtmp_, Ly.d_mlp_norm, work_);
@@ -302,9 +302,9 @@ int64_t Transformer<S>::activation_bytes() const {
     int64_t n = 0;   // elements of S
     for (const auto& L : layers_)
         n += L->x_in.size() + L->xn1.size() + L->r1.size() + L->r2.size() + L->attn_out.size() + L->h.size() +
-             L->xn2.size() + L->a.size() + L->b.size() + L->hmid.size();
+             L->xn2.size() + L->ab.size() + L->hmid.size();
     n += xf_.size() + xnf_.size() + rf_.size() + logits_.size() + probs_.size() + dx_.size() + dh_.size() +
-         dxn_.size() + dtmp_.size() + work_.size() + da_.size() + db_.size() + dhmid_.size();
+         dxn_.size() + dtmp_.size() + work_.size() + dab_.size() + dhmid_.size() + wgrad_.size();
     int64_t bytes = n * static_cast<int64_t>(sizeof(S));
     bytes += static_cast<int64_t>((inputs_.size() + targets_.size()) * sizeof(int32_t) + row_loss_.size() * sizeof(double));
     for (const auto& a : attn_) bytes += a->activation_bytes();
@@ -352,8 +352,7 @@ void Transformer<S>::decode_step(DecodeState& st, int32_t token, S* logits_out) 
         dec_xn_.resize(1, D_);
         dec_tmp_.resize(1, D_);
         dec_h_.resize(1, D_);
-        dec_a_.resize(1, F_);
-        dec_b_.resize(1, F_);
+        dec_ab_.resize(1, 2 * F_);
         dec_hmid_.resize(1, F_);
     }
     S r;
@@ -364,9 +363,8 @@ void Transformer<S>::decode_step(DecodeState& st, int32_t token, S* logits_out) 
         attn_[l]->decode_step(*st.layers[l], dec_xn_, dec_tmp_);
         dec_h_ = dec_x_ + dec_tmp_;
         ops::rmsnorm_forward<S>(dec_h_, Ly.mlp_norm, cfg_.norm_eps, dec_xn_, &r);
-        dec_a_.noalias() = dec_xn_ * CMapT<S>(Ly.w_gate, F_, D_).transpose();
-        dec_b_.noalias() = dec_xn_ * CMapT<S>(Ly.w_up, F_, D_).transpose();
-        ops::swiglu_forward<S>(dec_a_, dec_b_, dec_hmid_);
+        dec_ab_.noalias() = dec_xn_ * CMapT<S>(Ly.w_gate, 2 * F_, D_).transpose();
+        ops::swiglu_forward<S>(dec_ab_.leftCols(F_), dec_ab_.rightCols(F_), dec_hmid_);
         dec_x_ = dec_h_;
         dec_x_.noalias() += dec_hmid_ * CMapT<S>(Ly.w_down, D_, F_).transpose();
     }

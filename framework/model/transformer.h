@@ -112,11 +112,13 @@ private:
     Mat logits_, probs_;          // [B*T, V]; backward turns probs_ into dlogits
     std::vector<double> row_loss_;  // [B*T]
     Mat dx_, dh_, dxn_, dtmp_, work_;   // [B*T, D] backward scratch
-    Mat da_, db_, dhmid_;         // [B*T, F] backward scratch
+    Mat dab_;                     // [B*T, 2F] backward scratch: d of gate | up pre-activations
+    Mat dhmid_;                   // [B*T, F] backward scratch
+    Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor> wgrad_;   // [2F, D] (ops::add_weight_grad)
     int64_t n_scored_ = 0;
     bool has_targets_ = false;
     // Decode scratch
-    Mat dec_x_, dec_xn_, dec_tmp_, dec_h_, dec_a_, dec_b_, dec_hmid_;
+    Mat dec_x_, dec_xn_, dec_tmp_, dec_h_, dec_ab_, dec_hmid_;
     bool timing_ = false;
     OpTimes op_times_;
 

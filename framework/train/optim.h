@@ -4,6 +4,7 @@
 
 #include "core/tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -49,15 +50,23 @@ public:
         const double bc1 = 1.0 - std::pow(b1_, t_), bc2 = 1.0 - std::pow(b2_, t_);
         const float b1 = float(b1_), b2 = float(b2_);
         const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2)), eps = float(eps_);
+        // Chunks of Eigen arrays: vectorised (std::sqrt in a plain loop is not, with errno
+        // semantics), the same per-element arithmetic in the same order.
+        constexpr int64_t kChunk = 4096;
+        using Arr = Eigen::Map<Eigen::ArrayXf>;
+        using CArr = Eigen::Map<const Eigen::ArrayXf>;
         for (const auto& gr : groups_) {
             const float decay = gr.decay ? float(1.0 - lr * wd_) : 1.f;
             const int64_t lo = gr.offset, hi = gr.offset + gr.size;
-#pragma omp parallel for schedule(static)
-            for (int64_t i = lo; i < hi; ++i) {
-                theta[i] *= decay;
-                m_[i] = b1 * m_[i] + (1.f - b1) * g[i];
-                v_[i] = b2 * v_[i] + (1.f - b2) * g[i] * g[i];
-                theta[i] -= step_size * m_[i] / (std::sqrt(v_[i]) * inv_sqrt_bc2 + eps);
+#pragma omp parallel for schedule(static) if (hi - lo > kChunk)
+            for (int64_t c = lo; c < hi; c += kChunk) {
+                const Eigen::Index n = static_cast<Eigen::Index>(std::min(kChunk, hi - c));
+                Arr th(theta + c, n), m(m_.data() + c, n), v(v_.data() + c, n);
+                const CArr gc(g + c, n);
+                th *= decay;
+                m = b1 * m + (1.f - b1) * gc;
+                v = b2 * v + (1.f - b2) * gc * gc;
+                th -= step_size * m / (v.sqrt() * inv_sqrt_bc2 + eps);
             }
         }
     }
