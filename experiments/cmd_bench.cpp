@@ -58,7 +58,10 @@ Measures kvlab's speed against the GEMM limit of this machine, in one run:
   train    training tokens/s and model GFLOP/s per plugin, configuration and thread count,
            from the median step time of N timed steps (after 2 untimed ones); a step is
            zero_grad, forward, backward, gradient clipping and AdamW, on random bytes
-           (vocab 256, targets = the next byte). Per-op medians of the same steps:
+           (vocab 256, targets = the next byte). "of peak" is GFLOP/s over the GEMM peak
+           of the same thread count; "CPU ms/step" is the process CPU time per step (all
+           threads, median): at 1 thread on a busy machine it is the better estimate of
+           the unloaded step time. Per-op medians of the same steps:
            attention forward/backward (the plugin), MLP forward/backward (GEMMs and SwiGLU),
            RMSNorms and residual adds, LM head + loss (final norm, lm_head, cross-entropy),
            embedding, optimizer (clip + AdamW) and zero_grad.

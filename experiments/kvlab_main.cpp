@@ -28,7 +28,7 @@ const std::vector<Command>& commands() {
         {"gradcheck", "write a gradient dump (model.md) and check gradients by finite differences", cli::cmd_gradcheck},
         {"generate", "continue a prompt with a trained checkpoint, through the KV cache", cli::cmd_generate},
         {"decode-bench", "decode tokens/s and KV-cache bytes per plugin, decode impl, context", cli::cmd_decode_bench},
-        {"bench", "speed against the GEMM limit: GEMM peak, training tokens/s and GFLOP/s, per-op times, decode, memory", cli::cmd_bench},
+        {"bench", "training/decode speed against the measured GEMM peak, per-op times, memory", cli::cmd_bench},
         {"cache-table", "DeepSeek-V2 Table 1: KV cache/token of MHA, GQA, MQA, MLA for a config", cli::cmd_cache_table},
         {"approx", "rank-K approximation of one HDF5 matrix; error vs Eckart-Young", cli::cmd_approx},
         {"compress", "post-hoc KV compression: mha/gqa checkpoint -> latent_kv at rank R", cli::cmd_compress},

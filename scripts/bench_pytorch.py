@@ -7,8 +7,11 @@ query compression), trained with torch.optim.AdamW and gradient clipping as kvla
 on the same two configurations as `kvlab bench` (small, large; random bytes, vocab 256).
 No kvlab code is used.
 
-Measured, per configuration and plugin, best of 1 and 2 threads (torch.set_num_threads
-and, through ctypes, openblas_set_num_threads, so both pools have the same size):
+Measured, per configuration and plugin, the best over thread settings: torch.set_num_threads
+(its OpenMP pool, elementwise ops) in --threads and, independently, the OpenBLAS pool
+(openblas_set_num_threads through ctypes; PyTorch's float32 GEMM) in --threads. The two
+pools contend when both have 2 threads, and 1 torch thread + 2 OpenBLAS threads is the
+fastest setting here, so all pairs are tried and every figure is printed.
   training tokens/s   median step time of N timed steps after 2 untimed ones; a step is
                       zero_grad, forward, backward, clip_grad_norm_(1.0), AdamW.step
   decode tokens/s     large configuration, batch 1, through a KV cache: a forward over 768
@@ -21,9 +24,19 @@ decode at context 1024 with 256 timed steps) and prints kvlab / PyTorch.
 PyTorch's float32 GEMM here is the system BLAS (Debian's OpenBLAS); OPENBLAS_CORETYPE is
 left as the environment has it and printed.
 
+Two settings make eager PyTorch much faster on this machine, and are on by default (the
+baseline should be the best PyTorch we can get, not a strawman); --naive turns both off:
+  * glibc malloc: mallopt(M_MMAP_THRESHOLD, 32 MiB) and mallopt(M_TRIM_THRESHOLD, 1 GiB),
+    so freed tensors stay in the heap instead of being unmapped and faulted in again;
+  * attention over chunks of the batch, so that each [chunk, H, T, T] score tensor stays
+    under 16 MiB; larger blocks are above glibc's largest mmap threshold (32 MiB) and are
+    mmap'd and unmapped at every allocation: the large configuration's [16, 8, 256, 256]
+    scores (33.5 MB) made page faults the largest cost of a training step (~250k faults
+    per step, ~3x slower).
+
 usage: scripts/bench_pytorch.py [--kvlab build/kvlab] [--config small|large|all]
                                 [--plugins mha,gqa,mqa,mla] [--threads 1,2] [--steps N]
-                                [--out FILE.h5] [--skip-kvlab]
+                                [--out FILE.h5] [--skip-kvlab] [--naive]
 """
 import argparse
 import ctypes
@@ -45,6 +58,7 @@ CONFIGS = {
     "large": dict(D=256, L=4, H=8, dh=32, Fh=683, T=256, B=16, dc=128, dR=16, dcp=192),
 }
 V = 256
+ATTN_CHUNKING = True
 THETA = 10000.0
 EPS = 1e-6
 
@@ -198,9 +212,19 @@ class Model(torch.nn.Module):
         cos, sin = self.cos[:T], self.sin[:T]
         mask = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
         x = self.embed[tokens]
+        # Attention over chunks of the batch, so that each [chunk, H, T, T] temporary stays
+        # under glibc's 32 MiB mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX): larger blocks are
+        # mmap'd and unmapped at every allocation, and the page faults dominate (see --no-chunk).
+        per_seq = self.blocks[0].attn.H * T * T * 4
+        chunk = B if not ATTN_CHUNKING else max(1, min(B, (16 << 20) // per_seq))
         for i, blk in enumerate(self.blocks):
             xn = rmsnorm(x, blk.attn_norm)
-            a = blk.attn.prefill(xn, caches[i], self.cos, self.sin, mask) if caches else blk.attn(xn, cos, sin, mask)
+            if caches:
+                a = blk.attn.prefill(xn, caches[i], self.cos, self.sin, mask)
+            elif chunk >= B:
+                a = blk.attn(xn, cos, sin, mask)
+            else:
+                a = torch.cat([blk.attn(xn[c:c + chunk], cos, sin, mask) for c in range(0, B, chunk)])
             h = x + a
             x = h + self.mlp(blk, rmsnorm(h, blk.mlp_norm))
         logits = rmsnorm(x, self.final_norm) @ self.lm_head.T
@@ -217,12 +241,18 @@ class Model(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- measurements
-def set_threads(n):
-    torch.set_num_threads(n)
+def set_threads(torch_threads, blas_threads):
+    torch.set_num_threads(torch_threads)
     try:
-        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(n)
+        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(blas_threads)
     except (OSError, AttributeError):
         pass
+
+
+def tune_malloc():
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
 def random_batch(gen, B, T):
@@ -301,7 +331,11 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default="", help="kvlab bench's HDF5 output (default: a temporary file)")
     ap.add_argument("--skip-kvlab", action="store_true")
+    ap.add_argument("--naive", action="store_true", help="default glibc malloc settings and unchunked attention")
     a = ap.parse_args()
+    global ATTN_CHUNKING
+    ATTN_CHUNKING = not a.naive
+    tuned = not a.naive and tune_malloc()
     configs = ["small", "large"] if a.config == "all" else [a.config]
     plugins = a.plugins.split(",")
     threads = [int(t) for t in a.threads.split(",")]
@@ -311,31 +345,36 @@ def main():
           f"BLAS: {torch.__config__.show().split('BLAS_INFO=')[1].split(',')[0]} (system libblas: "
           f"{os.path.realpath('/usr/lib/x86_64-linux-gnu/libblas.so.3')}) | "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} (left as the environment has it)")
+    print(f"PyTorch settings: malloc tuned {'yes' if tuned else 'no'}, attention in batch chunks "
+          f"{'yes' if ATTN_CHUNKING else 'no'}" + (" (--naive)" if a.naive else " (see the header; --naive for neither)"))
+    pairs = [(t, b) for t in threads for b in threads]
+    label = lambda p: f"{p[0]}t+{p[1]}b"
     for p in plugins:
         check_decode(CONFIGS["small"], p)
     print("decode = forward check: ok for " + ", ".join(plugins))
 
     torch_train, torch_decode = {}, {}
-    print(f"\n== PyTorch training (median of {a.steps} steps), load average {loadavg()}")
-    print(f"{'config':<6} {'attn':<5} " + " ".join(f"{f'{t} thr tok/s':>13}" for t in threads))
+    print(f"\n== PyTorch training tokens/s (median of {a.steps} steps) per thread setting "
+          f"(Nt+Mb = N torch threads, M OpenBLAS threads), load average {loadavg()}")
+    print(f"{'config':<6} {'attn':<5} " + " ".join(f"{label(p):>9}" for p in pairs))
     for cname in configs:
         for p in plugins:
             row = {}
-            for t in threads:
-                set_threads(t)
-                row[t] = train_speed(CONFIGS[cname], p, a.steps)
+            for pair in pairs:
+                set_threads(*pair)
+                row[pair] = train_speed(CONFIGS[cname], p, a.steps)
             torch_train[cname, p] = row
-            print(f"{cname:<6} {p:<5} " + " ".join(f"{row[t]:>13.0f}" for t in threads), flush=True)
-    print(f"\n== PyTorch decode, large, batch 1, context 768 -> 1024 (median of 3 x 256 steps), "
+            print(f"{cname:<6} {p:<5} " + " ".join(f"{row[q]:>9.0f}" for q in pairs), flush=True)
+    print(f"\n== PyTorch decode tokens/s, large, batch 1, context 768 -> 1024 (median of 3 x 256 steps), "
           f"load average {loadavg()}")
-    print(f"{'attn':<5} " + " ".join(f"{f'{t} thr tok/s':>13}" for t in threads))
+    print(f"{'attn':<5} " + " ".join(f"{label(p):>9}" for p in pairs))
     for p in plugins:
         row = {}
-        for t in threads:
-            set_threads(t)
-            row[t] = decode_speed(CONFIGS["large"], p)
+        for pair in pairs:
+            set_threads(*pair)
+            row[pair] = decode_speed(CONFIGS["large"], p)
         torch_decode[p] = row
-        print(f"{p:<5} " + " ".join(f"{row[t]:>13.1f}" for t in threads), flush=True)
+        print(f"{p:<5} " + " ".join(f"{row[q]:>9.1f}" for q in pairs), flush=True)
     if a.skip_kvlab:
         return 0
 
@@ -362,21 +401,22 @@ def main():
         kv_decode.setdefault(s(de["plugin"][i]), {})[int(de["threads"][i])] = float(de["tokens_per_second"][i])
 
     best = lambda row: max(row.items(), key=lambda kv: kv[1])
-    print(f"\n== side by side, best of {a.threads} threads each (kvlab: {backend}; PyTorch {torch.__version__} "
-          f"eager on OpenBLAS, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}); "
+    print(f"\n== side by side, best thread setting of each (kvlab: {backend}, threads {a.threads}; PyTorch "
+          f"{torch.__version__} eager on OpenBLAS, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+          f"torch x OpenBLAS threads {a.threads} x {a.threads}{', --naive' if a.naive else ''}); "
           f"load average now {loadavg()}")
-    print(f"{'what':<28} {'PyTorch':>14} {'kvlab':>14} {'kvlab/PyTorch':>14}")
+    print(f"{'what':<28} {'PyTorch':>16} {'kvlab':>14} {'kvlab/PyTorch':>14}")
     for cname in configs:
         for p in plugins:
             (pt, pv), (kt, kv) = best(torch_train[cname, p]), best(kv_train[cname, p])
-            print(f"{'train ' + cname + ' ' + p + ' tok/s':<28} {f'{pv:.0f} ({pt}t)':>14} {f'{kv:.0f} ({kt}t)':>14} "
-                  f"{kv / pv:>14.2f}")
+            print(f"{'train ' + cname + ' ' + p + ' tok/s':<28} {f'{pv:.0f} ({label(pt)})':>16} "
+                  f"{f'{kv:.0f} ({kt}t)':>14} {kv / pv:>14.2f}")
     for p in plugins:
         (pt, pv), (kt, kv) = best(torch_decode[p]), best(kv_decode[p])
-        print(f"{'decode large ' + p + ' tok/s':<28} {f'{pv:.1f} ({pt}t)':>14} {f'{kv:.1f} ({kt}t)':>14} "
-              f"{kv / pv:>14.2f}")
-    print("(Nt) = the thread count of the best figure; training: median step time; decode: batch 1, "
-          "256 steps from context 768 to 1024")
+        print(f"{'decode large ' + p + ' tok/s':<28} {f'{pv:.1f} ({label(pt)})':>16} "
+              f"{f'{kv:.1f} ({kt}t)':>14} {kv / pv:>14.2f}")
+    print("(Nt+Mb) = PyTorch's best setting, N torch threads and M OpenBLAS threads; (Nt) = kvlab's best thread "
+          "count; training: median step time; decode: batch 1, 256 steps from context 768 to 1024")
     return 0
 
 
