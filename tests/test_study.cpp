@@ -93,6 +93,12 @@ TEST_CASE("the study config reader reports bad keys, methods and budgets the bas
                          doctest::Contains("registered: svd"), Error);
     CHECK_THROWS_WITH_AS(load_study_config(tiny_study(dir, "[8]", "jbos: 2\n").string()),
                          doctest::Contains("jbos"), Error);
+    const auto bad_ft = dir / "bad_ft.yaml";
+    std::ofstream(bad_ft) << fmt::format("tasks:\n  t:\n    config: {}/configs/tiny.yaml\n    budgets: [8]\n"
+                                         "    mla: {{qk_rope_head_dim: 4}}\n    finetune: {{set: {{train.batch_size: 4}}}}\n",
+                                         KVLAB_SOURCE_DIR);
+    CHECK_THROWS_WITH_AS(load_study_config(bad_ft.string()),
+                         doctest::Contains("train.batch_size cannot change for fine-tuning"), Error);
 }
 
 TEST_CASE("every shipped study config validates") {

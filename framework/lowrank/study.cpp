@@ -89,6 +89,11 @@ void read_task(YamlReader& r, StudyTask& t, const std::string& study_source) {
     t.finetune_steps = ft.get_or<int>("steps", t.finetune_steps);
     if (t.finetune_steps < 0) ft.error("steps", "must be >= 0 (0 = no fine-tuning)");
     t.finetune_set = read_set(ft, "set");
+    for (const auto& o : t.finetune_set)
+        if (o.key == "train.batch_size" || o.key == "train.eval_batches" || o.key.rfind("model.", 0) == 0 ||
+            o.key.rfind("data.", 0) == 0 || o.key == "train.init_from")
+            ft.error("set", fmt::format("{} cannot change for fine-tuning: the +ft numbers must be on the same model, "
+                                        "task and validation batches as the rest (set it under set: instead)", o.key));
     ft.finish();
     r.finish();
 }
