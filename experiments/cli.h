@@ -64,5 +64,6 @@ int cmd_cache_table(int, char**);
 int cmd_approx(int, char**);       // cmd_lowrank.cpp
 int cmd_compress(int, char**);     // cmd_lowrank.cpp
 int cmd_bench(int, char**);        // cmd_bench.cpp
+int cmd_lowrank_study(int, char**);   // cmd_study.cpp
 
 }  // namespace kvlab::cli

@@ -149,53 +149,6 @@ FILE.h5:/runs/<id> (that run's parameters) or FILE.h5:/path/group.
   --threads N         threads (default 0 = all cores)
 )";
 
-struct Source {
-    ParamSet params;
-    std::string what;
-    std::string run_config;   // the run's resolved YAML when the parameters are a run's
-};
-
-std::string run_attr(const RunRecord& r, const std::string& key) {
-    for (const auto& [k, v] : r.attrs)
-        if (k == key && std::holds_alternative<std::string>(v)) return std::get<std::string>(v);
-    return {};
-}
-
-// The parameters CHECKPOINT names (the forms `kvlab generate` accepts).
-Source load_source(const std::string& spec) {
-    auto [file, group] = split_spec(spec);
-    std::error_code ec;
-    if (!fs::exists(file, ec)) throw Error(fmt::format("checkpoint file '{}' not found", file));
-    std::vector<RunRecord> runs;
-    bool is_results = true;
-    try {
-        runs = read_runs(file);
-    } catch (const Error&) {
-        is_results = false;
-    }
-    if (group.empty()) {
-        if (!is_results) return {read_param_set(file, "/params"), file + ":/params", {}};
-        if (runs.size() != 1) {
-            std::string ids;
-            for (const auto& r : runs) ids += fmt::format("\n  {}:/runs/{}", file, r.id);
-            throw Error(fmt::format("'{}' has {} runs; pick one:{}", file, runs.size(), ids));
-        }
-        group = "/runs/" + runs[0].id;
-    }
-    while (group.size() > 1 && group.back() == '/') group.pop_back();
-    if (is_results && group.rfind("/runs/", 0) == 0 && group.find('/', 6) == std::string::npos) {
-        for (const auto& r : runs)
-            if ("/runs/" + r.id == group) {
-                if (run_attr(r, "status") != "completed")
-                    throw Error(fmt::format("run '{}' in '{}' has status '{}'; only completed runs have parameters",
-                                            r.id, file, run_attr(r, "status")));
-                return {read_param_set(file, group + "/params"), file + ":" + group + "/params", run_attr(r, "config")};
-            }
-        throw Error(fmt::format("'{}' has no run '{}'", file, group.substr(6)));
-    }
-    return {read_param_set(file, group), file + ":" + group, {}};
-}
-
 // Mean loss over the first n validation batches.
 double val_loss(Transformer<float>& m, const Task& task, int n, int B) {
     Batch batch;
@@ -234,7 +187,7 @@ int cmd_compress(int argc, char** argv) {
     const int threads = set_threads(static_cast<int>(int_arg(a, "threads", 0, 0, 1024, "compress")));
     make_lowrank(opt.method, opt.method_options);   // Error for an unknown method or option, before any work
 
-    Source src = load_source(a.positional[0]);
+    CheckpointSource src = read_checkpoint(a.positional[0]);
     const ModelConfig mc = model_config_from_attrs(src.params.attrs, src.what);
     const CompressDims dims = compress_dims(mc);   // Error for mla, latent_kv, ...
     if (opt.rank > dims.max_rank)

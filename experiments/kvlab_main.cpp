@@ -32,6 +32,7 @@ const std::vector<Command>& commands() {
         {"cache-table", "DeepSeek-V2 Table 1: KV cache/token of MHA, GQA, MQA, MLA for a config", cli::cmd_cache_table},
         {"approx", "rank-K approximation of one HDF5 matrix; error vs Eckart-Young", cli::cmd_approx},
         {"compress", "post-hoc KV compression: mha/gqa checkpoint -> latent_kv at rank R", cli::cmd_compress},
+        {"lowrank-study", "learned MLA vs MHA + post-hoc low-rank KV compression at equal cache budgets", cli::cmd_lowrank_study},
     };
     return cmds;
 }

@@ -65,6 +65,11 @@ struct TrainConfig {
     int eval_batches = 50;
     int log_every = 10;             // rows of train/loss are written every log_every steps
     int threads = 0;                // 0 = all cores
+    // Start from these weights instead of the random init (fine-tuning): a checkpoint spec
+    // of model/checkpoint.h's read_checkpoint (FILE.h5, FILE.h5:/runs/<id>, FILE.h5:/group).
+    // Only the weights: the optimizer state and the schedule start afresh. "" = random init.
+    std::string init_from;          // as written in the config
+    std::string init_from_resolved; // after lookup: as given, then next to the config
 };
 
 struct OutputConfig {

@@ -226,6 +226,7 @@ void read_train(YamlReader& r, TrainConfig& t) {
     t.eval_batches = r.get_or<int>("eval_batches", t.eval_batches);
     t.log_every = r.get_or<int>("log_every", t.log_every);
     t.threads = r.get_or<int>("threads", t.threads);
+    t.init_from = r.get_or<std::string>("init_from", t.init_from);
     r.finish();
 }
 
@@ -313,6 +314,30 @@ void resolve_data_path(DataConfig& d, const std::string& source, YamlContext& ct
     fail(fmt::format("file not found; tried: {}", fmt::join(tried, ", ")));
 }
 
+// train.init_from: the file part of the spec as given, then next to the config. Whether its
+// tensors fit the model is checked when training starts (model/checkpoint.h).
+void resolve_init_from(TrainConfig& t, const std::string& source, YamlContext& ctx, const YAML::Node& root) {
+    if (t.init_from.empty()) return;
+    const auto colon = t.init_from.find(":/");
+    const std::string file = t.init_from.substr(0, colon), group = colon == std::string::npos ? "" : t.init_from.substr(colon);
+    std::vector<fs::path> candidates = {fs::path(file)};
+    if (fs::path(file).is_relative() && !fs::path(source).parent_path().empty())
+        candidates.push_back(fs::path(source).parent_path() / file);
+    std::vector<std::string> tried;
+    for (const auto& p : candidates) {
+        std::error_code ec;
+        if (fs::is_regular_file(p, ec)) {
+            t.init_from_resolved = p.lexically_normal().string() + group;
+            return;
+        }
+        tried.push_back(p.string());
+    }
+    report(ctx, root,
+           ConfigError("train.init_from",
+                       fmt::format("checkpoint file not found; tried: {} (write FILE.h5, FILE.h5:/runs/<id> or "
+                                   "FILE.h5:/group)", fmt::join(tried, ", "))));
+}
+
 struct PointValue {
     std::string key;      // one dotted key
     YAML::Node value;
@@ -352,6 +377,7 @@ ExperimentConfig load_impl(const std::string& text, const std::string& source, c
         }
     }
     if (names_ok) resolve_data_path(cfg.data, source, ctx, root);
+    resolve_init_from(cfg.train, source, ctx, root);
     ctx.throw_if_errors();
 
     // Pass 3: the plugin and the task check their own keys and dimensions.
@@ -477,6 +503,10 @@ std::string dump_config(const ExperimentConfig& c) {
     line(2, "eval_batches", fmt::format("{}", t.eval_batches));
     line(2, "log_every", fmt::format("{}", t.log_every));
     line(2, "threads", fmt::format("{}", t.threads));
+    if (!t.init_from.empty()) {
+        const bool moved = !t.init_from_resolved.empty() && t.init_from_resolved != t.init_from;
+        line(2, "init_from", yaml_string(t.init_from) + (moved ? "   # found at " + t.init_from_resolved : ""));
+    }
     o += "output:\n";
     if (c.output.path.empty())
         o += fmt::format("  # path: {} (the default, results/<name>.h5)\n", c.results_path());

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <filesystem>
 
 namespace kvlab {
 
@@ -107,6 +108,80 @@ ModelConfig model_config_from_attrs(const Attrs& attrs, const std::string& what)
     return c;
 }
 
+namespace {
+std::string run_status(const RunRecord& r) {
+    for (const auto& [k, v] : r.attrs)
+        if (k == "status" && std::holds_alternative<std::string>(v)) return std::get<std::string>(v);
+    return "unknown";
+}
+std::string run_config(const RunRecord& r) {
+    for (const auto& [k, v] : r.attrs)
+        if (k == "config" && std::holds_alternative<std::string>(v)) return std::get<std::string>(v);
+    return {};
+}
+}  // namespace
+
+CheckpointSource read_checkpoint(const std::string& spec) {
+    std::string file = spec, group;
+    if (const auto pos = spec.find(":/"); pos != std::string::npos) file = spec.substr(0, pos), group = spec.substr(pos + 1);
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(file, ec)) throw Error(fmt::format("checkpoint file '{}' not found", file));
+    std::vector<RunRecord> runs;
+    bool is_results = true;
+    std::string not_results;
+    try {
+        runs = read_runs(file);
+    } catch (const Error& e) {
+        is_results = false;
+        not_results = e.what();
+    }
+    if (group.empty()) {
+        if (!is_results) {
+            try {   // a checkpoint or a gradient dump keeps its parameters in /params
+                return {read_param_set(file, "/params"), file + ":/params", {}};
+            } catch (const Error&) {
+                throw Error(fmt::format("no parameters found: {}, and there is no /params group. Name the group "
+                                        "that holds them: {}:/path/to/params", not_results, file));
+            }
+        }
+        if (runs.size() != 1) {
+            std::string ids;
+            for (const auto& r : runs) ids += fmt::format("\n  {}:/runs/{}  ({})", file, r.id, run_status(r));
+            throw Error(runs.empty() ? fmt::format("'{}' has no runs", file)
+                                     : fmt::format("'{}' has {} runs; pick one:{}", file, runs.size(), ids));
+        }
+        group = "/runs/" + runs[0].id;
+    }
+    while (group.size() > 1 && group.back() == '/') group.pop_back();
+    // "/runs/<id>" is a run of a results file: its parameters are in /runs/<id>/params.
+    if (is_results && group.rfind("/runs/", 0) == 0 && group.find('/', 6) == std::string::npos) {
+        const std::string id = group.substr(6);
+        std::string ids;
+        for (const auto& r : runs) {
+            if (r.id == id) {
+                if (run_status(r) != "completed")
+                    throw Error(fmt::format("run '{}' in '{}' has status '{}'; only completed runs have parameters", id,
+                                            file, run_status(r)));
+                return {read_param_set(file, group + "/params"), file + ":" + group + "/params", run_config(r)};
+            }
+            ids += (ids.empty() ? "" : ", ") + r.id;
+        }
+        throw Error(fmt::format("'{}' has no run '{}'; runs: {}", file, id, ids.empty() ? "(none)" : ids));
+    }
+    return {read_param_set(file, group), file + ":" + group, {}};
+}
+
+template <class S>
+void init_from_checkpoint(Transformer<S>& m, const std::string& spec) {
+    CheckpointSource src;
+    try {
+        src = read_checkpoint(spec);
+    } catch (const Error& e) {
+        throw Error(fmt::format("train.init_from: {}", e.what()));
+    }
+    load_param_set(m, src.params, fmt::format("train.init_from ({})", src.what));
+}
+
 template Attrs model_attrs(const Transformer<float>&);
 template Attrs model_attrs(const Transformer<double>&);
 template ParamSet to_param_set(const Transformer<float>&);
@@ -115,5 +190,7 @@ template ParamSet grads_to_param_set(const Transformer<float>&);
 template ParamSet grads_to_param_set(const Transformer<double>&);
 template void load_param_set(Transformer<float>&, const ParamSet&, const std::string&);
 template void load_param_set(Transformer<double>&, const ParamSet&, const std::string&);
+template void init_from_checkpoint(Transformer<float>&, const std::string&);
+template void init_from_checkpoint(Transformer<double>&, const std::string&);
 
 }  // namespace kvlab

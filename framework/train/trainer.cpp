@@ -72,6 +72,7 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     auto task = make_task(cfg.data);
     Transformer<float> model(cfg.model);
     model.init(cfg.seed);
+    if (!tc.init_from.empty()) init_from_checkpoint(model, tc.init_from_resolved.empty() ? tc.init_from : tc.init_from_resolved);
     sum.n_params = model.n_params();
     sum.kv_elements_per_token = model.kv_elements_per_token();
     {   // bytes per token as allocated by the decode cache
