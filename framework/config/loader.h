@@ -52,5 +52,10 @@ std::vector<ExperimentConfig> expand_sweep(const ExperimentConfig& base);
 // sentence, no position) per broken rule. Plugin- and task-specific rules live in the
 // plugins' factories.
 std::vector<ConfigError> validate(const ExperimentConfig& cfg);
+// The model part of validate(), also applied to the hyper-parameters a checkpoint's
+// attributes describe: positive dimensions, vocab_size 256, and a model whose weights fit
+// in this machine's memory (a lower bound on the parameter count, computed in floating
+// point so that absurd dimensions cannot overflow the integer sizes used later).
+std::vector<ConfigError> validate_model(const ModelConfig& m);
 
 }  // namespace kvlab
