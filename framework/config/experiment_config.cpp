@@ -82,6 +82,10 @@ void validate_model_size(const ModelConfig& m, Checker& check) {
     const double limit = 1 << 24;
     check(double(m.n_heads) * m.head_dim <= limit, "model.n_heads", "n_heads x head_dim = {} is more than kvlab allows "
           "({}); got n_heads {}, head_dim {}", double(m.n_heads) * m.head_dim, limit, m.n_heads, m.head_dim);
+}
+
+void check_weights_memory(const ModelConfig& m, Checker& check) {
+    if (m.d_model <= 0 || m.n_layers <= 0 || m.n_heads <= 0 || m.head_dim <= 0 || m.mlp_hidden <= 0) return;
     const double weights = 4.0 * min_param_count(m), ram = physical_memory_bytes();
     check(weights <= ram, "model", "these dimensions need at least {:.3g} float32 parameters ({:.1f} GiB of "
           "weights alone), more than this machine's {:.1f} GiB of memory", weights / 4, gib(weights), gib(ram));
@@ -89,7 +93,7 @@ void validate_model_size(const ModelConfig& m, Checker& check) {
 
 // Training holds weights, gradients and two Adam moments (4 copies), and per layer at
 // least the residual stream of every token of a batch and the attention probabilities.
-void validate_train_size(const ExperimentConfig& c, Checker& check) {
+void validate_train_size(const ExperimentConfig& c, Checker& check) {   // after check_weights_memory
     const auto& m = c.model;
     if (m.d_model <= 0 || m.n_layers <= 0 || m.n_heads <= 0 || c.data.seq_len < 2 || c.train.batch_size < 1) return;
     const double ram = physical_memory_bytes();
@@ -145,6 +149,18 @@ std::vector<ConfigError> validate(const ExperimentConfig& cfg) {
     validate_model(cfg.model, check);
     validate_data(cfg.data, check);
     validate_train(cfg.train, check);
+    return std::move(check.errors);
+}
+
+std::vector<ConfigError> check_memory(const ModelConfig& m) {
+    Checker check;
+    check_weights_memory(m, check);
+    return std::move(check.errors);
+}
+
+std::vector<ConfigError> check_memory(const ExperimentConfig& cfg) {
+    Checker check;
+    check_weights_memory(cfg.model, check);
     if (check.errors.empty()) validate_train_size(cfg, check);
     return std::move(check.errors);
 }

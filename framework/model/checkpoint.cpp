@@ -117,6 +117,8 @@ ModelConfig model_config_from_attrs(const Attrs& attrs, const std::string& what)
     // checks of its keys and dimensions, all named after the checkpoint's attributes.
     for (const auto& e : validate_model(c))
         throw Error(fmt::format("{}: attributes disagree with kvlab's model rules: {}", what, e.what()));
+    for (const auto& e : check_memory(c))
+        throw Error(fmt::format("{}: attributes disagree with kvlab's model rules: {}", what, e.what()));
     try {
         (void)make_attention<float>(c);
     } catch (const ConfigError& e) {
