@@ -14,7 +14,7 @@ if [ -z "${KVLAB_DATA_DIR:-}" ] && [ -f ../shared/data/tinyshakespeare.txt ]; th
 fi
 # detect_leaks stays on; the suppressions file lists only libgomp's thread pool, which
 # OpenMP keeps alive until exit by design (see the file).
-export ASAN_OPTIONS="halt_on_error=1:abort_on_error=0:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=0"
+export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1"
 export LSAN_OPTIONS="suppressions=$(pwd)/scripts/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 cd build-asan && ctest --output-on-failure -j2 "$@"
