@@ -68,7 +68,12 @@ ExperimentConfig load(const Args& a, const std::string& cmd, bool allow_default)
     if (a.positional.size() > 1)
         throw Error(fmt::format("{}: expected one CONFIG, got {} arguments (see: kvlab {} --help)", cmd,
                                 a.positional.size(), cmd));
-    return load_config(a.positional[0], a.overrides);
+    ExperimentConfig cfg = load_config(a.positional[0], a.overrides);
+    // Every command but cache-table builds the model (and most train it), so the config
+    // must fit in memory; cache-table only evaluates formulas, on production-size configs too.
+    if (cmd != "cache-table")
+        for (const auto& e : check_memory(cfg)) throw Error(fmt::format("{}: {}", a.positional[0], e.what()));
+    return cfg;
 }
 
 }  // namespace kvlab::cli

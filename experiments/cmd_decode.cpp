@@ -115,9 +115,11 @@ std::pair<ParamSet, std::string> load_checkpoint(const std::string& spec) {
         } catch (const Error& not_results) {
             try {   // a checkpoint or a gradient dump keeps its parameters in /params
                 return {read_param_set(file, "/params"), file + ":/params"};
-            } catch (const Error&) {
-                throw Error(fmt::format("no parameters found: {}, and there is no /params group. Name the group "
-                                        "that holds them: {}:/path/to/params", not_results.what(), file));
+            } catch (const Error& no_params) {
+                // A file HDF5 cannot open fails both ways alike: say it once.
+                if (std::string_view(no_params.what()) == not_results.what()) throw;
+                throw Error(fmt::format("no parameters found: {}; and reading /params: {}. Name the group "
+                                        "that holds them: {}:/path/to/params", not_results.what(), no_params.what(), file));
             }
         }
         if (runs.empty()) throw Error(fmt::format("'{}' has no runs", file));

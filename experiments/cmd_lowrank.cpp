@@ -84,6 +84,9 @@ int cmd_approx(int argc, char** argv) {
     auto approx = make_lowrank(method, options);   // Error for an unknown method or option, before any work
 
     const Mat A = read_matrix(in_file, dataset);   // [m, n]
+    if (k > std::min(A.rows(), A.cols()))
+        throw Error(fmt::format("--rank {} is impossible for the [{}, {}] matrix {}:{} (need 1 <= rank <= {})", k, A.rows(),
+                                A.cols(), in_file, dataset, std::min(A.rows(), A.cols())));
     Rng rng(seed);
     const auto t0 = Clock::now();
     const LowRank lr = approx->approximate(A, k, rng);   // Error naming k and the shape

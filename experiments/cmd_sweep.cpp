@@ -198,6 +198,7 @@ int cmd_report(int argc, char** argv) {
     const auto metric = parse_report_metric(a.opt("metric", "auto"));
     const auto runs = read_runs(a.positional[0]);
     if (runs.empty()) throw Error(fmt::format("report: {} has no runs", a.positional[0]));
+    check_report_runs(runs, a.positional[0]);
     const Report rep = build_report(runs, metric);
     if (format == "md") {
         fmt::print("{}", report_markdown(rep));

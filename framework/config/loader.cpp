@@ -5,9 +5,11 @@
 
 #include "attention/registry.h"
 #include "config/yaml_reader.h"
+#include "core/utf8.h"
 #include "tasks/task.h"
 
 #include <fmt/format.h>
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -81,9 +83,31 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
 
 // ---- YAML text in --------------------------------------------------------------------
 
+// "line:col" (1-based) of byte `offset` of `text`.
+std::string line_col(const std::string& text, size_t offset) {
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i < offset && i < text.size(); ++i) {
+        if (text[i] == '\n') ++line, col = 0;
+        ++col;
+    }
+    return fmt::format("{}:{}", line, col);
+}
+
+// One YAML document. The text must be UTF-8 (YAML readers disagree on anything else) and
+// hold a single document: a second one after "---" would otherwise be ignored silently.
 YAML::Node parse_yaml(const std::string& text, const std::string& where_prefix) {
+    if (const int64_t bad = first_invalid_utf8(text); bad >= 0)
+        throw Error(fmt::format("{}:{}: not UTF-8 text (invalid byte 0x{:02x} at offset {})", where_prefix,
+                                line_col(text, static_cast<size_t>(bad)), static_cast<uint8_t>(text[bad]), bad));
     try {
-        return YAML::Load(text);
+        std::vector<YAML::Node> docs = YAML::LoadAll(text);
+        if (docs.size() > 1)
+            throw Error(fmt::format("{}:{}:{}: a second YAML document (after \"---\"); a config is one document",
+                                    where_prefix, docs[1].Mark().line + 1, docs[1].Mark().column + 1));
+        return docs.empty() ? YAML::Node() : docs.front();
+    } catch (const YAML::DeepRecursion& e) {
+        throw Error(fmt::format("{}:{}:{}: invalid YAML: nested more than {} levels deep", where_prefix, e.mark.line + 1,
+                                e.mark.column + 1, e.depth() - 1));
     } catch (const YAML::ParserException& e) {
         const std::string pos = e.mark.is_null() ? where_prefix
                                                  : fmt::format("{}:{}:{}", where_prefix, e.mark.line + 1, e.mark.column + 1);
@@ -297,7 +321,12 @@ void resolve_data_path(DataConfig& d, const std::string& source, YamlContext& ct
             d.resolved_path = p.lexically_normal().string();
             return true;
         }
-        if (!contains(tried, p.string())) tried.push_back(p.string());
+        std::string what = p.string();
+        if (fs::is_directory(p, ec))
+            what += " (a directory)";
+        else if (fs::exists(p, ec))
+            what += " (not a regular file)";
+        if (!contains(tried, what)) tried.push_back(what);
         return false;
     };
     const fs::path given(d.path);
@@ -420,6 +449,9 @@ Override parse_override(const std::string& arg) {
     const auto eq = arg.find('=');
     if (eq == std::string::npos)
         throw Error(fmt::format("--set {}: expected key=value, e.g. --set model.d_model=256", arg));
+    if (const int64_t bad = first_invalid_utf8(arg); bad >= 0)
+        throw Error(fmt::format("--set: the argument is not UTF-8 text (invalid byte 0x{:02x} at offset {})",
+                                static_cast<uint8_t>(arg[bad]), bad));
     Override o{trim(arg.substr(0, eq)), trim(arg.substr(eq + 1))};
     if (key_segments(o.key).empty())
         throw Error(fmt::format("--set {}: \"{}\" is not a config key (write dotted names, e.g. model.d_model=256)",
@@ -432,6 +464,11 @@ ExperimentConfig load_config(const std::string& path, const std::vector<Override
     if (!fs::exists(path, ec))
         throw Error(fmt::format("{}: config file not found (working directory {})", path, fs::current_path(ec).string()));
     if (fs::is_directory(path, ec)) throw Error(fmt::format("{}: is a directory, not a config file", path));
+    // Not a device or a pipe (/dev/zero would never end), and not something huge.
+    if (!fs::is_regular_file(path, ec)) throw Error(fmt::format("{}: is not a regular file", path));
+    constexpr uintmax_t max_bytes = 1 << 22;
+    if (const uintmax_t n = fs::file_size(path, ec); !ec && n > max_bytes)
+        throw Error(fmt::format("{}: {} bytes is too big for a config file (at most {} bytes)", path, n, max_bytes));
     std::ifstream in(path, std::ios::binary);
     std::stringstream text;
     text << in.rdbuf();

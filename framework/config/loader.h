@@ -52,5 +52,16 @@ std::vector<ExperimentConfig> expand_sweep(const ExperimentConfig& base);
 // sentence, no position) per broken rule. Plugin- and task-specific rules live in the
 // plugins' factories.
 std::vector<ConfigError> validate(const ExperimentConfig& cfg);
+// The model part of validate(), also applied to the hyper-parameters a checkpoint's
+// attributes describe: positive dimensions, vocab_size 256, n_heads·head_dim small enough
+// for the model's int sizes.
+std::vector<ConfigError> validate_model(const ModelConfig& m);
+// Whether the model's weights (checkpoints: with_training false), or the weights, gradients,
+// Adam state and a batch's activations (with_training), can fit in this machine's memory:
+// lower bounds computed in floating point, so that absurd dimensions are reported instead
+// of overflowing integer sizes, failing an allocation or running for ever. One ConfigError
+// per problem, keyed "model" or "train.batch_size".
+std::vector<ConfigError> check_memory(const ModelConfig& m);
+std::vector<ConfigError> check_memory(const ExperimentConfig& cfg);
 
 }  // namespace kvlab

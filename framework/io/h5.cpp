@@ -43,7 +43,8 @@ std::string hdf5_reason() {
     std::string reason = hdf5_reason();
     std::string hint;
     // HDF5 1.10 locks files it opens; the usual cause is a run still writing to it.
-    if (reason.find("lock") != std::string::npos)
+    // ("unable to lock file, errno = 11, ..."; not "sblock->base_addr" of a truncated file.)
+    if (reason.find("unable to lock") != std::string::npos)
         hint = "; another process (a running kvlab job?) may have it open for writing";
     // File-level failures name just the file: "cannot open for reading 'x.h5' (...)".
     std::string where = path == "/" ? fmt::format("'{}'", file) : fmt::format("'{}' in '{}'", path, file);

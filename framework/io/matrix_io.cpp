@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 namespace kvlab {
 
 Mat read_matrix(const std::string& file, const std::string& dataset_path) {
@@ -15,6 +17,8 @@ Mat read_matrix(const std::string& file, const std::string& dataset_path) {
     const auto shape = d.shape();
     if (shape.size() != 2)
         throw Error(fmt::format("dataset '{}' in '{}' has {} dimensions; a matrix needs 2", d.path(), file, shape.size()));
+    if (shape[0] == 0 || shape[1] == 0)
+        throw Error(fmt::format("dataset '{}' in '{}' is an empty [{}, {}] matrix", d.path(), file, shape[0], shape[1]));
     Mat A(shape[0], shape[1]);
     if (d.dtype() == h5::DType::f32) {
         const auto v = d.read_f32();
@@ -23,6 +27,10 @@ Mat read_matrix(const std::string& file, const std::string& dataset_path) {
         const auto v = d.read_as_f64();   // kvlab::Error naming the type unless floating-point
         for (size_t i = 0; i < v.size(); ++i) A.data()[i] = static_cast<float>(v[i]);
     }
+    for (Eigen::Index i = 0; i < A.size(); ++i)
+        if (!std::isfinite(A.data()[i]))
+            throw Error(fmt::format("dataset '{}' in '{}' holds a non-finite value ({}) at row {}, column {}", d.path(), file,
+                                    A.data()[i], i / A.cols(), i % A.cols()));
     return A;
 }
 

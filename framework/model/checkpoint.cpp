@@ -1,5 +1,7 @@
 #include "model/checkpoint.h"
 
+#include "attention/registry.h"
+#include "config/loader.h"
 #include "core/error.h"
 
 #include <fmt/format.h>
@@ -85,17 +87,24 @@ ModelConfig model_config_from_attrs(const Attrs& attrs, const std::string& what)
         if (auto d = std::get_if<double>(&v)) return *d;
         throw Error(fmt::format("{}: attribute '{}' should be a number", what, k));
     };
+    // A dimension: an integer that fits an int (a double out of int's range would be UB to convert).
+    auto dim = [&](const std::string& k, const AttrValue& v) -> int {
+        const double x = num(k, v);
+        if (!std::isfinite(x) || x != std::floor(x) || x < -2147483648.0 || x > 2147483647.0)
+            throw Error(fmt::format("{}: attribute '{}' = {} is not an integer that kvlab can use", what, k, x));
+        return static_cast<int>(x);
+    };
     for (const auto& [k, v] : attrs) {
         if (k == "attention") {
             if (auto s = std::get_if<std::string>(&v)) c.attention = *s, have_attention = true;
         } else if (k == "format_version") {
             if (num(k, v) != 1) throw Error(fmt::format("{}: format_version {} is not supported (expected 1)", what, num(k, v)));
-        } else if (k == "vocab_size") c.vocab_size = int(num(k, v));
-        else if (k == "d_model") c.d_model = int(num(k, v));
-        else if (k == "n_layers") c.n_layers = int(num(k, v));
-        else if (k == "n_heads") c.n_heads = int(num(k, v));
-        else if (k == "head_dim") c.head_dim = int(num(k, v));
-        else if (k == "mlp_hidden") c.mlp_hidden = int(num(k, v));
+        } else if (k == "vocab_size") c.vocab_size = dim(k, v);
+        else if (k == "d_model") c.d_model = dim(k, v);
+        else if (k == "n_layers") c.n_layers = dim(k, v);
+        else if (k == "n_heads") c.n_heads = dim(k, v);
+        else if (k == "head_dim") c.head_dim = dim(k, v);
+        else if (k == "mlp_hidden") c.mlp_hidden = dim(k, v);
         else if (k == "rope_theta") c.rope_theta = num(k, v);
         else if (k == "norm_eps") c.norm_eps = num(k, v);
         else if (k == "tie_embeddings") c.tie_embeddings = num(k, v) != 0;
@@ -105,6 +114,17 @@ ModelConfig model_config_from_attrs(const Attrs& attrs, const std::string& what)
     for (auto [key, val] : {std::pair{"d_model", c.d_model}, {"n_layers", c.n_layers}, {"n_heads", c.n_heads},
                             {"head_dim", c.head_dim}, {"mlp_hidden", c.mlp_hidden}, {"vocab_size", c.vocab_size}})
         if (val <= 0) throw Error(fmt::format("{}: attribute '{}' is missing or not positive", what, key));
+    // The config rules (vocab_size, sizes that fit in memory), then the plugin's own
+    // checks of its keys and dimensions, all named after the checkpoint's attributes.
+    for (const auto& e : validate_model(c))
+        throw Error(fmt::format("{}: attributes disagree with kvlab's model rules: {}", what, e.what()));
+    for (const auto& e : check_memory(c))
+        throw Error(fmt::format("{}: attributes disagree with kvlab's model rules: {}", what, e.what()));
+    try {
+        (void)make_attention<float>(c);
+    } catch (const ConfigError& e) {
+        throw Error(fmt::format("{}: attributes do not describe a valid {} model: {}", what, c.attention, e.what()));
+    }
     return c;
 }
 

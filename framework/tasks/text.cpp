@@ -4,6 +4,7 @@
 // batches are windows at positions drawn from a fixed stream, identical for every run.
 #include "config/experiment_config.h"
 #include "core/error.h"
+#include "core/utf8.h"
 #include "tasks/task.h"
 
 #include <fmt/format.h>
@@ -14,30 +15,6 @@
 
 namespace kvlab {
 namespace {
-
-// Returns the offset of the first byte that is not part of valid UTF-8, or -1.
-int64_t first_invalid_utf8(const std::vector<uint8_t>& s) {
-    size_t i = 0;
-    while (i < s.size()) {
-        const uint8_t c = s[i];
-        size_t n;   // continuation bytes
-        if (c < 0x80)
-            n = 0;
-        else if (c >= 0xC2 && c <= 0xDF)
-            n = 1;
-        else if ((c >> 4) == 0xE)
-            n = 2;
-        else if (c >= 0xF0 && c <= 0xF4)
-            n = 3;
-        else
-            return static_cast<int64_t>(i);
-        if (i + n >= s.size() && n > 0) return static_cast<int64_t>(i);   // truncated sequence
-        for (size_t k = 1; k <= n; ++k)
-            if ((s[i + k] & 0xC0) != 0x80) return static_cast<int64_t>(i);
-        i += n + 1;
-    }
-    return -1;
-}
 
 class TextTask final : public Task {
 public:
@@ -51,7 +28,7 @@ public:
         if (!in) throw ConfigError("data.path", fmt::format("cannot open {}", path));
         bytes_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
         if (bytes_.empty()) throw ConfigError("data.path", fmt::format("{} is empty", path));
-        if (auto bad = first_invalid_utf8(bytes_); bad >= 0)
+        if (auto bad = first_invalid_utf8({reinterpret_cast<const char*>(bytes_.data()), bytes_.size()}); bad >= 0)
             throw ConfigError("data.path", fmt::format("{} is not UTF-8 text (invalid byte 0x{:02x} at offset {})", path,
                                                        bytes_[bad], bad));
         split_ = static_cast<int64_t>(static_cast<double>(bytes_.size()) * (1.0 - c.val_fraction));

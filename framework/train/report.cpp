@@ -189,6 +189,25 @@ Flat flatten_resolved_config(const std::string& yaml) {
     return out;
 }
 
+void check_report_runs(const std::vector<RunRecord>& runs, const std::string& file) {
+    auto has = [](const Attrs& attrs, const std::string& name) {
+        for (const auto& [k, v] : attrs)
+            if (k == name) return true;
+        return false;
+    };
+    for (const auto& r : runs) {
+        auto bad = [&](const std::string& what) {
+            return Error(fmt::format("'{}': run '/runs/{}' {}; the file is damaged or was not written by kvlab", file,
+                                     r.id, what));
+        };
+        if (has(r.attrs, "status") && !attr<std::string>(r.attrs, "status"))
+            throw bad("has a 'status' attribute that is not a string");
+        if (attr<std::string>(r.attrs, "status").value_or("") != "completed") continue;
+        if (!attr<std::string>(r.attrs, "config")) throw bad("is completed but has no 'config' string attribute");
+        if (!attr<double>(r.final_attrs, "val_loss")) throw bad("is completed but has no numeric final/val_loss");
+    }
+}
+
 Report build_report(const std::vector<RunRecord>& runs, ReportMetric metric) {
     Report rep;
     // Group completed runs by their config without the ignored keys.

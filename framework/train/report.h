@@ -55,6 +55,10 @@ struct Report {
     std::vector<std::pair<std::string, std::string>> unfinished;  // run id, status ("running", ...)
 };
 
+// Checks what build_report relies on, naming `file` and the run: a status that is a
+// string, and for completed runs a config string and a numeric final/val_loss.
+// kvlab::Error for the first run that breaks a rule (a damaged or foreign file).
+void check_report_runs(const std::vector<RunRecord>& runs, const std::string& file);
 Report build_report(const std::vector<RunRecord>& runs, ReportMetric metric = ReportMetric::automatic);
 
 // A Markdown table, then the failed and unfinished runs.
