@@ -65,6 +65,7 @@ struct TrainConfig {
     int eval_batches = 50;
     int log_every = 10;             // rows of train/loss are written every log_every steps
     int threads = 0;                // 0 = all cores
+    int checkpoint_every = 0;       // steps between training checkpoints (resume); 0 = none
 };
 
 struct OutputConfig {

@@ -226,6 +226,7 @@ void read_train(YamlReader& r, TrainConfig& t) {
     t.eval_batches = r.get_or<int>("eval_batches", t.eval_batches);
     t.log_every = r.get_or<int>("log_every", t.log_every);
     t.threads = r.get_or<int>("threads", t.threads);
+    t.checkpoint_every = r.get_or<int>("checkpoint_every", t.checkpoint_every);
     r.finish();
 }
 
@@ -477,6 +478,7 @@ std::string dump_config(const ExperimentConfig& c) {
     line(2, "eval_batches", fmt::format("{}", t.eval_batches));
     line(2, "log_every", fmt::format("{}", t.log_every));
     line(2, "threads", fmt::format("{}", t.threads));
+    line(2, "checkpoint_every", fmt::format("{}", t.checkpoint_every));
     o += "output:\n";
     if (c.output.path.empty())
         o += fmt::format("  # path: {} (the default, results/<name>.h5)\n", c.results_path());

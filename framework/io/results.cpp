@@ -18,7 +18,8 @@ constexpr int64_t format_version = 1;
 
 // Run attributes the logger owns; set_attrs must not overwrite them.
 bool is_reserved_attr(const std::string& name) {
-    return name == "config" || name == "attention" || name == "status" || name == "error";
+    return name == "config" || name == "attention" || name == "status" || name == "error" ||
+           name == "interrupted_by" || name == "stopped_at_step";
 }
 
 // A link name usable as one HDF5 path component: dots are fine ("layers.0.attn.wq"),
@@ -178,6 +179,15 @@ void RunLogger::fail_run(const std::string& error) {
     KV_CHECK(!s_->finished, "fail_run after end_run/fail_run for run '{}'", s_->id);
     s_->run.write_attr("status", std::string("failed"));
     s_->run.write_attr("error", error);
+    s_->finished = true;
+    s_->file.flush();
+}
+
+void RunLogger::interrupt_run(const std::string& signal_name, int64_t step) {
+    KV_CHECK(!s_->finished, "interrupt_run after end_run/fail_run for run '{}'", s_->id);
+    s_->run.write_attr("status", std::string("interrupted"));
+    s_->run.write_attr("interrupted_by", signal_name);
+    s_->run.write_attr("stopped_at_step", step);
     s_->finished = true;
     s_->file.flush();
 }

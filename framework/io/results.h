@@ -37,7 +37,9 @@ struct ParamSet {
 };
 
 // Writes one run of a results file: /runs/<run_id>/ as config.md lays it out.
-//   attrs   config, attention, status, error (failed runs), plus whatever begin_run /
+//   attrs   config, attention, status ("running", "completed", "failed", "interrupted"),
+//           error (failed runs), interrupted_by and stopped_at_step (interrupted runs),
+//           plus whatever begin_run /
 //           set_attrs are given (seed, n_params, kv_cache_elements_per_token,
 //           kv_cache_bytes_per_token, tokens_per_second, wall_seconds, ...)
 //   train/step int32, train/loss float32, train/lr float32
@@ -69,6 +71,9 @@ public:
     void set_attrs(const Attrs& attrs);
     void end_run(const Attrs& final_attrs, const ParamSet& params);
     void fail_run(const std::string& error);
+    // Status "interrupted" (stopped by a signal; rerunning resumes it), with attributes
+    // interrupted_by (the signal's name, e.g. "SIGTERM") and stopped_at_step.
+    void interrupt_run(const std::string& signal_name, int64_t step);
 
 private:
     struct State;
