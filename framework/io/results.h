@@ -106,6 +106,12 @@ std::vector<std::pair<std::string, std::string>> run_statuses(const std::string&
 // kvlab::Error when src lacks the run or dst is not a results file.
 void copy_run(const std::string& src, const std::string& dst, const std::string& run_id);
 
+// The bytes of the results file `dst` with /runs/<run_id> of `src` copied in as copy_run
+// would (dst is only read; a missing dst gives a new file). Built in memory, so a failure
+// cannot leave a half-written file: io/safe_write.h's merge_run writes the bytes to a
+// temporary file and renames it over dst.
+std::vector<char> merged_image(const std::string& src, const std::string& dst, const std::string& run_id);
+
 // Sets status "failed" and `error` on the existing /runs/<run_id> of `path` (a run whose
 // process died before it could say so itself). kvlab::Error when the run is missing.
 void mark_run_failed(const std::string& path, const std::string& run_id, const std::string& error);
