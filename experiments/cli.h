@@ -5,6 +5,7 @@
 #include "config/loader.h"
 #include "core/error.h"
 
+#include <csignal>
 #include <map>
 #include <set>
 #include <string>
@@ -50,6 +51,11 @@ struct DecodeTiming {
 };
 DecodeTiming time_decode(Transformer<float>& model, const std::string& impl, int context, int steps, int repeats,
                          const std::vector<int32_t>& tokens);
+
+// Installs SIGINT/SIGTERM handlers that store the signal number in the returned flag (for
+// RunOptions::stop); the handlers reset themselves, so a second signal kills. A sweep
+// worker ignores SIGINT (its parent forwards Ctrl-C as SIGTERM).
+const volatile std::sig_atomic_t* install_stop_handlers(bool sweep_worker);
 
 // Sub-commands: int cmd_<name>(argc, argv), argv[1] is the command name.
 int cmd_train(int argc, char** argv);

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <csignal>
 
 namespace kvlab::cli {
 
@@ -20,9 +21,17 @@ namespace {
 // ---------------------------------------------------------------------------- train
 const char* kTrainHelp = R"(usage: kvlab train [CONFIG] [--set key=value]... [--dump-config] [--overwrite] [--quiet]
 
-Trains the model of CONFIG (YAML, see configs/ and docs/config.md) and writes the run
+Trains the model of CONFIG (YAML, see configs/ and README "Config keys") and writes the run
 to its results file (output.path, default results/<name>.h5) as /runs/<run id>.
 Without CONFIG, runs the embedded default (MQAR, no data files needed).
+
+The run is written to a part file and merged into the results file when it ends, by
+copy-to-temp and rename, so a kill or a full disk never damages the runs already there
+(docs/reliability.md). With train.checkpoint_every = N, a checkpoint is written every N
+steps; rerunning the same command resumes from it with the same numbers. Ctrl-C or SIGTERM
+stops after the current step (checkpointed when N > 0), records the run as "interrupted"
+and exits 130 (SIGINT) or 143 (SIGTERM). A non-finite loss or gradient records the run as
+"failed", naming the step and the tensor, and exits 1.
 
   --set key=value   override any key, e.g. --set model.attention=gqa --set model.n_kv_heads=2
   --dump-config     print the fully resolved config and exit (nothing is trained)
@@ -30,7 +39,24 @@ Without CONFIG, runs the embedded default (MQAR, no data files needed).
   --quiet           no progress line
 )";
 
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_stop_signal(int sig) { g_stop = sig; }
+
 }  // namespace
+
+// SIGINT and SIGTERM set a flag the run checks after every step; a second one kills
+// (SA_RESETHAND restores the default action). A sweep worker ignores SIGINT: Ctrl-C reaches
+// the whole process group, and the sweep's parent passes it on as one SIGTERM.
+const volatile std::sig_atomic_t* install_stop_handlers(bool sweep_worker) {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    if (sweep_worker) sa.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &sa, nullptr);
+    return &g_stop;
+}
 
 int cmd_train(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kTrainHelp), 0;
@@ -43,7 +69,21 @@ int cmd_train(int argc, char** argv) {
     RunOptions opt;
     opt.overwrite = a.flag("overwrite");
     opt.progress = !a.flag("quiet");
-    auto s = train_run(cfg, opt);
+    opt.stop = install_stop_handlers(false);
+    RunSummary s;
+    try {
+        s = train_run(cfg, opt);
+    } catch (const RunFailed& e) {
+        fmt::print(stderr, "kvlab train: {}\nthe run is recorded with status \"failed\" in {}\n", e.what(),
+                   cfg.results_path());
+        return 1;
+    }
+    if (s.status == "interrupted") {
+        fmt::print(stderr, "kvlab train: interrupted at step {} of {}; run {} recorded as \"interrupted\" in {}{}\n",
+                   s.steps_done, cfg.train.steps, s.run_id, s.results_path,
+                   cfg.train.checkpoint_every > 0 ? "; rerun the same command to resume" : "");
+        return 128 + s.stop_signal;
+    }
     fmt::print("run {} ({}, {} params, KV cache {} elements/token): val_loss {:.4f} ({:.4f} bits/byte)",
                s.run_id, cfg.model.attention, s.n_params, s.kv_elements_per_token, s.val_loss, s.val_bits_per_byte);
     if (s.val_accuracy) fmt::print(", accuracy {:.4f}", *s.val_accuracy);

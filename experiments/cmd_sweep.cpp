@@ -31,8 +31,11 @@ locks a file for one writer). Rerunning the same command resumes: points already
 "completed" in the results file are skipped; failed and unfinished ones run again. A point
 that fails (an error, a NaN loss, a crash) is recorded with status "failed" and its error,
 the sweep goes on, and the exit status is 1 at the end.
-Ctrl-C stops launching points and stops the running ones (press again to kill them);
-interrupted points are recorded as failed and rerun on resume (exit status 130).
+Ctrl-C or SIGTERM stops launching points and passes SIGTERM to the running ones, which stop
+after their current step (press again to kill them); they are recorded as "interrupted" and
+rerun on resume, from their last checkpoint when train.checkpoint_every > 0 (exit status 130
+for SIGINT, 143 for SIGTERM). Merges replace the results file by copy-to-temp and rename, so
+a kill at any moment leaves every merged run intact (docs/reliability.md).
 
   --set key=value   override a key of every point (--set sweep.seed=[0,1] replaces an axis)
   --jobs N          worker processes at a time (default 1). On 2 small-model processes
@@ -44,8 +47,11 @@ interrupted points are recorded as failed and rerun on resume (exit status 130).
   --dry-run         print the points, their run ids and what a run would do, then exit
 )";
 
-volatile std::sig_atomic_t g_interrupts = 0;
-extern "C" void on_interrupt(int) { g_interrupts = g_interrupts + 1; }
+volatile std::sig_atomic_t g_interrupts = 0, g_last_signal = 0;
+extern "C" void on_interrupt(int sig) {
+    g_interrupts = g_interrupts + 1;
+    g_last_signal = sig;
+}
 
 // Workers exec /proc/self/exe: this very binary, even if build/kvlab is rebuilt mid-sweep.
 std::string self_exe() {
@@ -60,6 +66,7 @@ const char* status_name(PointStatus s) {
         case PointStatus::completed: return "completed";
         case PointStatus::skipped: return "skipped";
         case PointStatus::failed: return "failed";
+        case PointStatus::interrupted: return "interrupted";
         case PointStatus::pending: return "not run";
     }
     return "?";
@@ -121,9 +128,11 @@ int cmd_sweep(int argc, char** argv) {
     sigaction(SIGTERM, &old_term, nullptr);
 
     const int n_done = out.count(PointStatus::completed), n_skip = out.count(PointStatus::skipped),
-              n_fail = out.count(PointStatus::failed), n_left = out.count(PointStatus::pending);
-    fmt::print("\nsweep {}: {} point(s): {} completed, {} skipped (already completed), {} failed{}; wall {:.1f} s\n",
+              n_fail = out.count(PointStatus::failed), n_left = out.count(PointStatus::pending),
+              n_int = out.count(PointStatus::interrupted);
+    fmt::print("\nsweep {}: {} point(s): {} completed, {} skipped (already completed), {} failed{}{}; wall {:.1f} s\n",
                points.front().results_path(), points.size(), n_done, n_skip, n_fail,
+               n_int ? fmt::format(", {} interrupted", n_int) : "",
                n_left ? fmt::format(", {} not run (interrupted)", n_left) : "", out.wall_seconds);
     if (n_fail) {
         fmt::print("failed:\n");
@@ -134,9 +143,11 @@ int cmd_sweep(int argc, char** argv) {
         fmt::print("interrupted: rerun the same command to resume (points not {}: ", status_name(PointStatus::completed));
         std::vector<std::string> ids;
         for (const auto& p : out.points)
-            if (p.status == PointStatus::failed || p.status == PointStatus::pending) ids.push_back(p.run_id);
+            if (p.status == PointStatus::failed || p.status == PointStatus::pending ||
+                p.status == PointStatus::interrupted)
+                ids.push_back(p.run_id);
         fmt::print("{})\n", fmt::join(ids, ", "));
-        return 130;
+        return 128 + (g_last_signal ? int(g_last_signal) : SIGINT);
     }
     return n_fail ? 1 : 0;
 }
@@ -160,14 +171,22 @@ int cmd_run_point(int argc, char** argv) {
     text << in.rdbuf();
     auto cfg = load_config_text(text.str(), a.opt("source", a.positional[0]));
     cfg.run_id = a.opt("run-id");
-    cfg.resolved_yaml = dump_config(cfg);   // the run's `config` attribute names the results file of the sweep
-    cfg.output.path = a.opt("out");
+    cfg.resolved_yaml = dump_config(cfg);   // names the run id (the load above did not know it)
     if (a.options.count("threads")) cfg.train.threads = int(a.num("threads", 0));
     RunOptions opt;
     opt.overwrite = true;
     opt.progress = !a.flag("quiet");
-    train_run(cfg, opt);
-    return 0;
+    opt.part_path = a.opt("out");   // the parent merges it into cfg.results_path()
+    opt.merge = false;
+    opt.stop = install_stop_handlers(true);
+    RunSummary s;
+    try {
+        s = train_run(cfg, opt);
+    } catch (const RunFailed& e) {
+        fmt::print(stderr, "kvlab _run-point: {}\n", e.what());
+        return 1;
+    }
+    return s.status == "interrupted" ? 128 + s.stop_signal : 0;
 }
 
 // ---------------------------------------------------------------------------- report

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,14 @@ void print_help() {
         if (c.summary) fmt::print("  {:<12} {}\n", c.name, c.summary);
 }
 
+// Ends the process after an error without running atexit handlers: HDF5 1.10's own one
+// closes every file still open and crashes on a file whose writes failed (a full disk).
+// The results file is never one of those (io/safe_write.h); our output is flushed first.
+int error_exit(int status) {
+    std::fflush(nullptr);
+    std::_Exit(status);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -60,9 +70,9 @@ int main(int argc, char** argv) {
         return 2;
     } catch (const Error& e) {
         fmt::print(stderr, "kvlab {}: error: {}\n", argv[1], e.what());
-        return 2;
+        return error_exit(2);
     } catch (const std::exception& e) {
         fmt::print(stderr, "kvlab {}: internal error: {}\n", argv[1], e.what());
-        return 3;
+        return error_exit(3);
     }
 }

@@ -35,6 +35,13 @@ ExperimentConfig text_config(const std::string& out, int steps, const std::strin
                         {"output.path", out}});
 }
 
+RunOptions quiet_options(bool overwrite) {
+    RunOptions o;
+    o.overwrite = overwrite;
+    o.progress = false;
+    return o;
+}
+
 const char* kMqarSmall = R"(
 name: mqar-small
 model: {attention: mha, d_model: 32, n_layers: 2, n_heads: 4, head_dim: 8, mlp_hidden: 64}
@@ -74,7 +81,7 @@ TEST_CASE("gradient clipping scales to the global norm like torch's clip_grad_no
 TEST_CASE("a short text run drops validation loss far below ln 256 and writes a complete run") {
     const auto out = tmp_path("text.h5");
     auto cfg = text_config(out, 300);
-    const auto s = train_run(cfg, {false, false});
+    const auto s = train_run(cfg, quiet_options(false));
     CHECK(s.val_loss < 3.0);   // ln 256 = 5.55 at initialisation
     CHECK(s.val_bits_per_byte == doctest::Approx(s.val_loss / std::log(2.0)));
     const auto runs = read_runs(out);
@@ -106,7 +113,7 @@ TEST_CASE("a short text run drops validation loss far below ln 256 and writes a 
 TEST_CASE("an mqar run beats chance accuracy") {
     const auto out = tmp_path("mqar.h5");
     auto cfg = load_config_text(kMqarSmall, "mqar-small.yaml", {{"output.path", out}});
-    const auto s = train_run(cfg, {false, false});
+    const auto s = train_run(cfg, quiet_options(false));
     REQUIRE(s.val_accuracy);
     CHECK(*s.val_accuracy > 3.0 / 128);   // chance: 1 of 128 values
 }
@@ -115,8 +122,8 @@ TEST_CASE("the same config, seed and thread count give bit-identical loss curves
     const auto a = tmp_path("det_a.h5"), b = tmp_path("det_b.h5");
     for (const char* attention : {"gqa", "mla"}) {
         CAPTURE(attention);
-        train_run(text_config(a, 30, attention), {true, false});
-        train_run(text_config(b, 30, attention), {true, false});
+        train_run(text_config(a, 30, attention), quiet_options(true));
+        train_run(text_config(b, 30, attention), quiet_options(true));
         const auto ra = read_runs(a), rb = read_runs(b);
         CHECK(ra[0].train_loss == rb[0].train_loss);
         CHECK(ra[0].eval_loss == rb[0].eval_loss);

@@ -139,6 +139,8 @@ void validate_train(const TrainConfig& t, Checker& check) {
     check(t.eval_batches >= 1, "train.eval_batches", "must be >= 1, got {}", t.eval_batches);
     check(t.log_every >= 1, "train.log_every", "must be >= 1, got {}", t.log_every);
     check(t.threads >= 0, "train.threads", "must be >= 0 (0 = all cores), got {}", t.threads);
+    check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0 = no checkpoints), got {}",
+          t.checkpoint_every);
 }
 
 }  // namespace

@@ -70,6 +70,7 @@ struct TrainConfig {
     // Only the weights: the optimizer state and the schedule start afresh. "" = random init.
     std::string init_from;          // as written in the config
     std::string init_from_resolved; // after lookup: as given, then next to the config
+    int checkpoint_every = 0;       // steps between training checkpoints (resume); 0 = none
 };
 
 struct OutputConfig {

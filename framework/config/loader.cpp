@@ -251,6 +251,7 @@ void read_train(YamlReader& r, TrainConfig& t) {
     t.log_every = r.get_or<int>("log_every", t.log_every);
     t.threads = r.get_or<int>("threads", t.threads);
     t.init_from = r.get_or<std::string>("init_from", t.init_from);
+    t.checkpoint_every = r.get_or<int>("checkpoint_every", t.checkpoint_every);
     r.finish();
 }
 
@@ -544,6 +545,7 @@ std::string dump_config(const ExperimentConfig& c) {
         const bool moved = !t.init_from_resolved.empty() && t.init_from_resolved != t.init_from;
         line(2, "init_from", yaml_string(t.init_from) + (moved ? "   # found at " + t.init_from_resolved : ""));
     }
+    line(2, "checkpoint_every", fmt::format("{}", t.checkpoint_every));
     o += "output:\n";
     if (c.output.path.empty())
         o += fmt::format("  # path: {} (the default, results/<name>.h5)\n", c.results_path());

@@ -3,9 +3,12 @@
 // a seed mean the same weights and batches everywhere.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <sstream>
+#include <string>
 
 namespace kvlab {
 
@@ -49,6 +52,29 @@ public:
                           static_cast<uint32_t>(id), static_cast<uint32_t>(id >> 32)};
         std::mt19937_64 g(seq);
         return Rng(g());
+    }
+
+    // The whole state as text (the standard's portable textual form of mt19937_64, then the
+    // Box-Muller spare as its bit pattern), so a training checkpoint can restore the data
+    // stream exactly. set_state returns false, leaving the generator as it was, on text
+    // that state() did not write.
+    std::string state() const {
+        std::ostringstream s;
+        s << gen_ << ' ' << int(has_spare_) << ' ' << std::bit_cast<uint64_t>(spare_);
+        return s.str();
+    }
+    bool set_state(const std::string& text) {
+        std::istringstream s(text);
+        std::mt19937_64 g;
+        int has = 0;
+        uint64_t bits = 0;
+        if (!(s >> g >> has >> bits) || (has != 0 && has != 1)) return false;
+        s >> std::ws;
+        if (!s.eof()) return false;
+        gen_ = g;
+        has_spare_ = has == 1;
+        spare_ = std::bit_cast<double>(bits);
+        return true;
     }
 
 private:

@@ -505,6 +505,32 @@ File File::open(const std::string& path, Mode mode) {
     return File(f, path);
 }
 
+File File::open_image(const std::string& name, const std::vector<char>& image) {
+    init();
+    Tmp fapl(check(H5Pcreate(H5P_FILE_ACCESS), name, "/", "cannot open in memory"), H5Pclose);
+    check(H5Pset_fapl_core(fapl.id, 1 << 20, /*backing_store=*/0), name, "/", "cannot open in memory");
+    if (image.empty()) {
+        Tmp fcpl(check(H5Pcreate(H5P_FILE_CREATE), name, "/", "cannot create in memory"), H5Pclose);
+        track_order(fcpl.id, name, "/");
+        return File(check(H5Fcreate(name.c_str(), H5F_ACC_TRUNC, fcpl.id, fapl.id), name, "/", "cannot create in memory"),
+                    name);
+    }
+    check(H5Pset_file_image(fapl.id, const_cast<char*>(image.data()), image.size()), name, "/",
+          "cannot open in memory");
+    return File(check(H5Fopen(name.c_str(), H5F_ACC_RDWR, fapl.id), name, "/", "cannot open (is it an HDF5 file?)"),
+                name);
+}
+
+std::vector<char> File::image() {
+    check(H5Fflush(id(), H5F_SCOPE_GLOBAL), file(), "/", "cannot flush");
+    const ssize_t n = H5Fget_file_image(id(), nullptr, 0);
+    check(static_cast<herr_t>(n < 0 ? -1 : 0), file(), "/", "cannot take the image of");
+    std::vector<char> out(static_cast<size_t>(n));
+    check(static_cast<herr_t>(H5Fget_file_image(id(), out.data(), out.size()) < 0 ? -1 : 0), file(), "/",
+          "cannot take the image of");
+    return out;
+}
+
 void File::flush() { check(H5Fflush(id(), H5F_SCOPE_LOCAL), file(), "/", "cannot flush"); }
 
 // ---------------------------------------------------------------- Dataset

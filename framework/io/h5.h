@@ -127,6 +127,12 @@ public:
     // A missing file (read modes) or a missing parent directory (create modes) is a
     // kvlab::Error naming it, as is a file that is not HDF5.
     static File open(const std::string& path, Mode mode);
+    // A file held in memory (HDF5's core driver, nothing written to disk): opened read-write
+    // from `image`, the bytes of an HDF5 file, or created empty when `image` is empty.
+    // `name` is for messages and must not name an existing file (HDF5 refuses to open an
+    // image under such a name). image() returns the bytes as they stand.
+    static File open_image(const std::string& name, const std::vector<char>& image);
+    std::vector<char> image();
     void flush();
     void close() { close_checked(); }
 

@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <optional>
 
@@ -18,7 +20,8 @@ constexpr int64_t format_version = 1;
 
 // Run attributes the logger owns; set_attrs must not overwrite them.
 bool is_reserved_attr(const std::string& name) {
-    return name == "config" || name == "attention" || name == "status" || name == "error";
+    return name == "config" || name == "attention" || name == "status" || name == "error" ||
+           name == "interrupted_by" || name == "stopped_at_step";
 }
 
 // A link name usable as one HDF5 path component: dots are fine ("layers.0.attn.wq"),
@@ -182,6 +185,15 @@ void RunLogger::fail_run(const std::string& error) {
     s_->file.flush();
 }
 
+void RunLogger::interrupt_run(const std::string& signal_name, int64_t step) {
+    KV_CHECK(!s_->finished, "interrupt_run after end_run/fail_run for run '{}'", s_->id);
+    s_->run.write_attr("status", std::string("interrupted"));
+    s_->run.write_attr("interrupted_by", signal_name);
+    s_->run.write_attr("stopped_at_step", step);
+    s_->finished = true;
+    s_->file.flush();
+}
+
 // ---------------------------------------------------------------- read_runs
 
 std::vector<RunRecord> read_runs(const std::string& path) {
@@ -252,14 +264,14 @@ void copy_attrs(const h5::Group& from, h5::Group to) {
         }
     }
 }
-}  // namespace
 
-void copy_run(const std::string& src, const std::string& dst, const std::string& run_id) {
+// copy_run into an open file.
+void copy_run_into(const std::string& src, h5::File& out, const std::string& run_id) {
+    const std::string& dst = out.file();
     if (!is_valid_name(run_id)) throw Error(fmt::format("invalid run id '{}'", run_id));
     h5::File in = h5::File::open(src, h5::Mode::read_only);
     const std::string from = "runs/" + run_id;
     if (!in.is_group(from)) throw Error(fmt::format("'{}' has no run '{}' to copy", src, run_id));
-    h5::File out = h5::File::open(dst, h5::Mode::create_or_open);
     if (!out.exists("runs") && !out.list().empty())
         throw Error(fmt::format("'{}' is an HDF5 file but not a kvlab results file (no /runs group)", dst));
     {
@@ -278,8 +290,29 @@ void copy_run(const std::string& src, const std::string& dst, const std::string&
         }
         copy_attrs(from_group, runs.open_group(run_id));
     }
+}
+}  // namespace
+
+void copy_run(const std::string& src, const std::string& dst, const std::string& run_id) {
+    h5::File out = h5::File::open(dst, h5::Mode::create_or_open);
+    copy_run_into(src, out, run_id);
     out.flush();
     out.close();
+}
+
+std::vector<char> merged_image(const std::string& src, const std::string& dst, const std::string& run_id) {
+    std::vector<char> bytes;
+    std::error_code ec;
+    if (std::filesystem::exists(dst, ec)) {
+        std::ifstream in(dst, std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        if (!in.good() && !in.eof()) throw Error(fmt::format("cannot read '{}'", dst));
+        if (bytes.empty()) throw Error(fmt::format("'{}' is empty, not a kvlab results file", dst));
+    }
+    // HDF5 refuses to open an image under the name of a file that exists on disk.
+    h5::File out = h5::File::open_image(dst + " (in memory)", bytes);
+    copy_run_into(src, out, run_id);
+    return out.image();
 }
 
 void mark_run_failed(const std::string& path, const std::string& run_id, const std::string& error) {

@@ -37,7 +37,9 @@ struct ParamSet {
 };
 
 // Writes one run of a results file: /runs/<run_id>/ as config.md lays it out.
-//   attrs   config, attention, status, error (failed runs), plus whatever begin_run /
+//   attrs   config, attention, status ("running", "completed", "failed", "interrupted"),
+//           error (failed runs), interrupted_by and stopped_at_step (interrupted runs),
+//           plus whatever begin_run /
 //           set_attrs are given (seed, n_params, kv_cache_elements_per_token,
 //           kv_cache_bytes_per_token, tokens_per_second, wall_seconds, ...)
 //   train/step int32, train/loss float32, train/lr float32
@@ -69,6 +71,9 @@ public:
     void set_attrs(const Attrs& attrs);
     void end_run(const Attrs& final_attrs, const ParamSet& params);
     void fail_run(const std::string& error);
+    // Status "interrupted" (stopped by a signal; rerunning resumes it), with attributes
+    // interrupted_by (the signal's name, e.g. "SIGTERM") and stopped_at_step.
+    void interrupt_run(const std::string& signal_name, int64_t step);
 
 private:
     struct State;
@@ -100,6 +105,12 @@ std::vector<std::pair<std::string, std::string>> run_statuses(const std::string&
 // worker processes wrote, since HDF5 1.10's lock lets only one process write a file.
 // kvlab::Error when src lacks the run or dst is not a results file.
 void copy_run(const std::string& src, const std::string& dst, const std::string& run_id);
+
+// The bytes of the results file `dst` with /runs/<run_id> of `src` copied in as copy_run
+// would (dst is only read; a missing dst gives a new file). Built in memory, so a failure
+// cannot leave a half-written file: io/safe_write.h's merge_run writes the bytes to a
+// temporary file and renames it over dst.
+std::vector<char> merged_image(const std::string& src, const std::string& dst, const std::string& run_id);
 
 // Sets status "failed" and `error` on the existing /runs/<run_id> of `path` (a run whose
 // process died before it could say so itself). kvlab::Error when the run is missing.

@@ -71,6 +71,7 @@ public:
         }
     }
     int64_t steps_taken() const { return t_; }
+    void set_steps_taken(int64_t t) { t_ = t; }   // resuming from a checkpoint
     std::vector<float>& m() { return m_; }
     std::vector<float>& v() { return v_; }
 

@@ -3,6 +3,8 @@
 
 #include "core/error.h"
 #include "io/results.h"
+#include "io/safe_write.h"
+#include "io/train_checkpoint.h"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -201,11 +203,18 @@ void Runner::read_output(Worker& w, bool until_eof) {
     }
 }
 
-// A run for a point whose worker left nothing usable: the resolved config and the error.
+// A run for a point whose worker left nothing usable: the resolved config and the error,
+// written as a part file and merged like any other.
 void Runner::record_failure(const ExperimentConfig& p, const std::string& error) {
-    RunLogger log(p.results_path(), p.run_id, /*overwrite=*/true);
-    log.begin_run(p.resolved_yaml, p.model.attention, {{"seed", static_cast<int64_t>(p.seed)}});
-    log.fail_run(error);
+    const std::string part = part_file(p, ".h5");
+    std::error_code ec;
+    fs::remove(part, ec);
+    {
+        RunLogger log(part, p.run_id, /*overwrite=*/true);
+        log.begin_run(p.resolved_yaml, p.model.attention, {{"seed", static_cast<int64_t>(p.seed)}});
+        log.fail_run(error);
+    }
+    merge_run(part, p.results_path(), p.run_id);
 }
 
 void Runner::finish(Worker& w, int wait_status) {
@@ -232,8 +241,12 @@ void Runner::finish(Worker& w, int wait_status) {
     std::string error;   // stays empty when the run completed, whatever happened after
     std::string last = w.last_line;
     if (last.rfind("kvlab _run-point: ", 0) == 0) last.erase(0, 18);
+    const bool interrupted = status == "interrupted";
     if (status == "completed")
         error.clear();
+    else if (interrupted)
+        error = fmt::format("interrupted by {} after step {}", text_attr(rec->attrs, "interrupted_by"),
+                            real_attr(rec->attrs, "stopped_at_step").value_or(0));
     else if (WIFSIGNALED(wait_status))
         error = fmt::format("{}process exited with signal {} ({})", stopping_ ? "interrupted: " : "",
                             WTERMSIG(wait_status), strsignal(WTERMSIG(wait_status)));
@@ -245,22 +258,32 @@ void Runner::finish(Worker& w, int wait_status) {
         error = fmt::format("the worker exited without completing its run (status \"{}\"{})", status,
                             part_problem.empty() ? "" : "; " + part_problem);
 
-    // Merge into the results file; keep the part files when that fails.
+    // Merge into the results file (atomically: io/safe_write.h); keep the part files when
+    // that fails. The checkpoint of a completed run goes once the run is merged.
+    bool merged = false;
     try {
         if (rec) {
-            copy_run(part, p.results_path(), p.run_id);
-            if (!error.empty() && status != "failed") mark_run_failed(p.results_path(), p.run_id, error);
+            if (!error.empty() && status != "failed" && !interrupted) mark_run_failed(part, p.run_id, error);
+            merge_run(part, p.results_path(), p.run_id);
         } else {
             record_failure(p, error);
         }
+        merged = true;
         fs::remove(part, ec);
         fs::remove(part_file(p, ".yaml"), ec);
+        if (status == "completed") {
+            const std::string ckpt = checkpoint_path(p.results_path(), p.run_id);
+            fs::remove(ckpt, ec);
+            fs::remove(fs::path(ckpt).parent_path(), ec);   // only when empty
+        }
     } catch (const Error& e) {
         const std::string why = fmt::format("could not merge into {} (the run stays in {}): {}", p.results_path(), part,
                                             e.what());
         error = error.empty() ? why : error + "; " + why;
     }
-    o.status = error.empty() ? PointStatus::completed : PointStatus::failed;
+    o.status = error.empty()              ? PointStatus::completed
+               : interrupted && merged   ? PointStatus::interrupted
+                                          : PointStatus::failed;
     o.error = error;
     if (rec) {
         o.val_loss = real_attr(rec->final_attrs, "val_loss");
@@ -276,6 +299,8 @@ void Runner::line_done(const PointOutcome& o) {
     if (o.status == PointStatus::completed) {
         what = o.val_loss ? fmt::format("val_loss {:.4f}", *o.val_loss) : "completed";
         if (o.val_accuracy) what += fmt::format("  accuracy {:.4f}", *o.val_accuracy);
+    } else if (o.status == PointStatus::interrupted) {
+        what = "INTERRUPTED: " + o.error;
     } else {
         what = "FAILED: " + o.error;
     }

@@ -12,14 +12,21 @@
 //   <results dir>/.<results stem>.parts/lock            flock'ed by the parent while it runs
 //
 // The worker is the kvlab binary itself (`kvlab _run-point`, see experiments/cmd_sweep.cpp).
-// Both part files are deleted once the run is merged.
+// The parent merges a part with io/safe_write.h's merge_run (copy the results file to a
+// temporary name, copy the run in, rename over), so a SIGKILL of the parent or a worker at
+// any moment leaves a results file holding every run merged before it. Both part files are
+// deleted once the run is merged, and so is the run's training checkpoint when it completed.
 //
 // Resume: a point whose run is "completed" in the results file is skipped (unless
-// overwrite); failed, unfinished ("running") and missing ones run again and replace the
-// old group. Failure: a worker that throws (NaN loss, ...), exits non-zero or dies by a
-// signal leaves its run in the results file with status "failed" and `error` (the run's
-// own error, else the worker's last stderr line, else "process exited with signal N");
-// the other points go on.
+// overwrite); failed, interrupted, unfinished ("running") and missing ones run again and
+// replace the old group, continuing from their training checkpoint
+// (<results stem>.ckpt/<run_id>.h5, train.checkpoint_every) when there is one. Failure: a
+// worker that throws (NaN loss, ...), exits non-zero or dies by a signal leaves its run in
+// the results file with status "failed" and `error` (the run's own error, else the worker's
+// last stderr line, else "process exited with signal N"); the other points go on.
+// Interruption: SIGINT/SIGTERM to the parent is passed on to the workers as SIGTERM; each
+// stops after its current step, checkpoints (when enabled) and is merged with status
+// "interrupted".
 #pragma once
 
 #include "config/experiment_config.h"
@@ -42,12 +49,12 @@ struct SweepOptions {
     const volatile std::sig_atomic_t* interrupts = nullptr;
 };
 
-enum class PointStatus { pending, completed, skipped, failed };
+enum class PointStatus { pending, completed, skipped, failed, interrupted };
 
 struct PointOutcome {
     std::string run_id, results_path;
     PointStatus status = PointStatus::pending;   // pending: not run (the sweep was interrupted)
-    std::string error;                           // failed points
+    std::string error;                           // failed and interrupted points
     double seconds = 0;
     std::optional<double> val_loss, val_accuracy;
 };
