@@ -7,6 +7,7 @@ packages=(
   libeigen3-dev libopenblas-dev liblapacke-dev  # math (Eigen GEMM; LAPACK for low-rank methods)
   libyaml-cpp-dev libhdf5-dev libfmt-dev doctest-dev
   hdf5-tools                                  # h5dump, used by tests
+  openmpi-bin libopenmpi-dev                  # MPI: distributed sweeps and training (optional, KVLAB_MPI)
   python3 python3-h5py python3-matplotlib python3-numpy   # scripts/ (plots, checks)
 )
 missing=()

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "dist/data_parallel.h"
 #include "io/results.h"
 #include "model/checkpoint.h"
 #include "model/transformer.h"
@@ -32,12 +33,13 @@ struct EvalResult {
     std::optional<double> accuracy;
 };
 
-EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, int B) {
+EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, int B, const dist::DataParallel& dp) {
     Batch batch;
     double total = 0;
     int64_t scored = 0, n_correct = 0, n_answers = 0;
     for (int i = 0; i < batches; ++i) {
         task.val_batch(i, B, batch);
+        dp.shard(batch);
         const double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
         int64_t s, c;
         model.count_correct(batch.targets.data(), s, c);
@@ -46,6 +48,8 @@ EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, in
         n_answers += s;
         n_correct += c;
     }
+    dp.reduce_eval(total, scored, n_correct);
+    n_answers = scored;
     EvalResult r;
     r.loss = scored > 0 ? total / double(scored) : 0.0;
     if (task.scores_answers()) r.accuracy = n_answers > 0 ? double(n_correct) / double(n_answers) : 0.0;
@@ -82,7 +86,8 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     for (const auto& np : model.params()) groups.push_back({np.offset, np.spec.numel(), np.spec.decay()});
     AdamW opt_state(model.n_params(), groups, tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay);
 
-    RunLogger log(sum.results_path, cfg.run_id, opt.overwrite);
+    const dist::DataParallel dp(opt.data_parallel, tc.batch_size);
+    dist::RootLogger log(dp, sum.results_path, cfg.run_id, opt.overwrite);
     log.begin_run(cfg.resolved_yaml, cfg.model.attention,
                   {{"seed", static_cast<int64_t>(cfg.seed)},
                    {"n_params", sum.n_params},
@@ -105,21 +110,23 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     for (int step = 0; step < tc.steps; ++step) {
         const auto ts = Clock::now();
         task->train_batch(data_rng, tc.batch_size, batch);
+        dp.shard(batch);   // this rank's rows (all of them in one process)
         model.zero_grad();
-        const double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
-        if (!std::isfinite(loss)) fail(fmt::format("training loss is {} at step {}", loss, step + 1));
+        double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
         model.backward();
+        loss = dp.reduce_gradients(model.grad_data(), model.n_params(), loss, batch);
+        if (!std::isfinite(loss)) fail(fmt::format("training loss is {} at step {}", loss, step + 1));
         const double gnorm = clip_grad_norm(model.grad_data(), model.n_params(), tc.grad_clip);
         if (!std::isfinite(gnorm)) fail(fmt::format("gradient norm is {} at step {}", gnorm, step + 1));
         const double lr = lr_at(step, tc.steps, tc.lr, tc.min_lr, tc.warmup_steps);
         opt_state.step(model.param_data(), model.grad_data(), lr);
         train_seconds += std::chrono::duration<double>(Clock::now() - ts).count();
-        tokens += static_cast<int64_t>(batch.B) * batch.T;
+        tokens += static_cast<int64_t>(tc.batch_size) * batch.T;
 
         const int done = step + 1;
         if (done % tc.log_every == 0 || done == tc.steps || done == 1) log.log_train(done, loss, lr);
         if (done % tc.eval_every == 0 || done == tc.steps) {
-            last_eval = evaluate(model, *task, tc.eval_batches, tc.batch_size);
+            last_eval = evaluate(model, *task, tc.eval_batches, tc.batch_size, dp);
             if (!std::isfinite(last_eval.loss)) fail(fmt::format("validation loss is {} at step {}", last_eval.loss, done));
             log.log_eval(done, last_eval.loss, last_eval.accuracy);
         }

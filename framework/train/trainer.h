@@ -12,6 +12,7 @@ namespace kvlab {
 struct RunOptions {
     bool overwrite = false;   // replace a completed run of the same id
     bool progress = true;     // progress line on stderr
+    bool data_parallel = false;   // split each batch over the MPI ranks (dist/data_parallel.h)
 };
 
 struct RunSummary {

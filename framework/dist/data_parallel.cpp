@@ -1,0 +1,88 @@
+// Data-parallel training over MPI ranks (see data_parallel.h).
+#include "dist/data_parallel.h"
+
+#include "core/error.h"
+#include "dist/mpi.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace kvlab::dist {
+
+DataParallel::DataParallel(bool enabled, int batch_size) {
+    if (!enabled || !active()) return;
+    ranks_ = size();
+    rank_ = rank();
+    if (batch_size % ranks_ != 0)
+        throw ConfigError("train.batch_size",
+                          fmt::format("data-parallel training over {} ranks needs a batch_size divisible by {}, got {} "
+                                      "(pick a multiple of {}, or run with -np a divisor of {})",
+                                      ranks_, ranks_, batch_size, ranks_, batch_size));
+}
+
+void DataParallel::shard(Batch& b) const {
+    if (ranks_ == 1) return;
+    KV_CHECK(b.B % ranks_ == 0, "batch of {} rows does not split over {} ranks", b.B, ranks_);
+    const int rows = b.B / ranks_;
+    const auto first = static_cast<std::ptrdiff_t>(rank_) * rows * b.T, count = static_cast<std::ptrdiff_t>(rows) * b.T;
+    std::copy(b.inputs.begin() + first, b.inputs.begin() + first + count, b.inputs.begin());
+    std::copy(b.targets.begin() + first, b.targets.begin() + first + count, b.targets.begin());
+    b.inputs.resize(size_t(count));
+    b.targets.resize(size_t(count));
+    b.B = rows;
+}
+
+double DataParallel::reduce_gradients(float* grad, int64_t n, double loss, const Batch& shard) const {
+    if (ranks_ == 1) return loss;
+    const auto scored = static_cast<int64_t>(
+        std::count_if(shard.targets.begin(), shard.targets.end(), [](int32_t t) { return t >= 0; }));
+    // The shard's loss sum and scored tokens, summed over the ranks.
+    double sums[2] = {scored > 0 ? loss * double(scored) : 0.0, double(scored)};
+    allreduce_sum(sums, 2);
+    const double total_scored = sums[1];
+    // grad is d(mean over the shard's tokens); weighted by scored / total_scored it is
+    // the shard's part of d(mean over the global batch's tokens).
+    const float w = total_scored > 0 ? float(double(scored) / total_scored) : 0.f;
+    for (int64_t i = 0; i < n; ++i) grad[i] = scored > 0 ? grad[i] * w : 0.f;
+    allreduce_sum(grad, n);
+    return total_scored > 0 ? sums[0] / total_scored : 0.0;
+}
+
+void DataParallel::reduce_eval(double& loss_sum, int64_t& scored, int64_t& correct) const {
+    if (ranks_ == 1) return;
+    int64_t counts[2] = {scored, correct};
+    allreduce_sum(&loss_sum, 1);
+    allreduce_sum(counts, 2);
+    scored = counts[0];
+    correct = counts[1];
+}
+
+RootLogger::RootLogger(const DataParallel& dp, const std::string& path, const std::string& run_id, bool overwrite)
+    : ranks_(dp.ranks()) {
+    if (ranks_ > 1) diverge();   // only rank 0 opens the file: its errors are its own
+    if (dp.root()) log_ = std::make_unique<RunLogger>(path, run_id, overwrite);
+}
+
+void RootLogger::begin_run(const std::string& resolved_yaml, const std::string& attention, Attrs attrs) {
+    if (!log_) return;
+    if (ranks_ > 1) attrs.emplace_back("data_parallel_ranks", static_cast<int64_t>(ranks_));
+    log_->begin_run(resolved_yaml, attention, attrs);
+}
+void RootLogger::log_train(int64_t step, double loss, double lr) {
+    if (log_) log_->log_train(step, loss, lr);
+}
+void RootLogger::log_eval(int64_t step, double loss, std::optional<double> accuracy) {
+    if (log_) log_->log_eval(step, loss, accuracy);
+}
+void RootLogger::set_attrs(const Attrs& attrs) {
+    if (log_) log_->set_attrs(attrs);
+}
+void RootLogger::end_run(const Attrs& final_attrs, const ParamSet& params) {
+    if (log_) log_->end_run(final_attrs, params);
+}
+void RootLogger::fail_run(const std::string& error) {
+    if (log_) log_->fail_run(error);
+}
+
+}  // namespace kvlab::dist

@@ -1,0 +1,57 @@
+// Data-parallel training over MPI ranks (docs/distributed.md): every rank draws the same
+// global batch with the same data RNG and trains on its own rows; the gradients are
+// summed over the ranks, each weighted by its share of the global batch's scored tokens,
+// before clipping and the optimizer step. The result is the gradient of the mean loss
+// over all scored tokens of the global batch, as in one process (for MQAR only answer
+// positions are scored, so shares are by scored tokens, not 1/ranks), and every rank
+// takes the same step. Only rank 0 writes the results file.
+#pragma once
+
+#include "io/results.h"
+#include "tasks/task.h"
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace kvlab::dist {
+
+class DataParallel {
+public:
+    // Over all MPI ranks when `enabled` and MPI is active, else one process (each method
+    // then leaves its arguments as they are). ConfigError on train.batch_size when
+    // batch_size is not a multiple of the ranks.
+    DataParallel(bool enabled, int batch_size);
+    int ranks() const { return ranks_; }
+    bool root() const { return rank_ == 0; }
+
+    // Keeps this rank's rows of a global batch: rows [rank*B/ranks, (rank+1)*B/ranks).
+    void shard(Batch& b) const;
+    // After backward on this rank's shard, whose mean loss over its scored tokens is
+    // `loss`: replaces grad by the global batch's gradient and returns its mean loss.
+    double reduce_gradients(float* grad, int64_t n, double loss, const Batch& shard) const;
+    // Sums evaluation tallies (loss times scored tokens, scored, correct) over the ranks.
+    void reduce_eval(double& loss_sum, int64_t& scored, int64_t& correct) const;
+
+private:
+    int ranks_ = 1, rank_ = 0;
+};
+
+// A RunLogger on rank 0 of `dp`; on the other ranks every call does nothing. Adds the
+// run attribute data_parallel_ranks when training over more than one rank.
+class RootLogger {
+public:
+    RootLogger(const DataParallel& dp, const std::string& path, const std::string& run_id, bool overwrite);
+    void begin_run(const std::string& resolved_yaml, const std::string& attention, Attrs attrs);
+    void log_train(int64_t step, double loss, double lr);
+    void log_eval(int64_t step, double loss, std::optional<double> accuracy);
+    void set_attrs(const Attrs& attrs);
+    void end_run(const Attrs& final_attrs, const ParamSet& params);
+    void fail_run(const std::string& error);
+
+private:
+    int ranks_;
+    std::unique_ptr<RunLogger> log_;
+};
+
+}  // namespace kvlab::dist
