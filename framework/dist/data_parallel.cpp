@@ -35,18 +35,24 @@ void DataParallel::shard(Batch& b) const {
 
 double DataParallel::reduce_gradients(float* grad, int64_t n, double loss, const Batch& shard) const {
     if (ranks_ == 1) return loss;
-    const auto scored = static_cast<int64_t>(
-        std::count_if(shard.targets.begin(), shard.targets.end(), [](int32_t t) { return t >= 0; }));
+    const int64_t scored = scored_tokens(shard);
     // The shard's loss sum and scored tokens, summed over the ranks.
     double sums[2] = {scored > 0 ? loss * double(scored) : 0.0, double(scored)};
     allreduce_sum(sums, 2);
-    const double total_scored = sums[1];
-    // grad is d(mean over the shard's tokens); weighted by scored / total_scored it is
-    // the shard's part of d(mean over the global batch's tokens).
-    const float w = total_scored > 0 ? float(double(scored) / total_scored) : 0.f;
-    for (int64_t i = 0; i < n; ++i) grad[i] = scored > 0 ? grad[i] * w : 0.f;
+    const auto total_scored = static_cast<int64_t>(sums[1]);
+    weight_shard_gradient(grad, n, scored, total_scored);
     allreduce_sum(grad, n);
-    return total_scored > 0 ? sums[0] / total_scored : 0.0;
+    return total_scored > 0 ? sums[0] / double(total_scored) : 0.0;
+}
+
+int64_t scored_tokens(const Batch& b) {
+    return static_cast<int64_t>(std::count_if(b.targets.begin(), b.targets.end(), [](int32_t t) { return t >= 0; }));
+}
+
+void weight_shard_gradient(float* grad, int64_t n, int64_t scored, int64_t total_scored) {
+    // A shard without scored tokens contributes nothing (its "mean" is 0/0).
+    const float w = scored > 0 && total_scored > 0 ? float(double(scored) / double(total_scored)) : 0.f;
+    for (int64_t i = 0; i < n; ++i) grad[i] = w != 0.f ? grad[i] * w : 0.f;
 }
 
 void DataParallel::reduce_eval(double& loss_sum, int64_t& scored, int64_t& correct) const {

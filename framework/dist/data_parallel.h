@@ -37,6 +37,13 @@ private:
     int ranks_ = 1, rank_ = 0;
 };
 
+// Tokens a batch's loss scores (targets >= 0).
+int64_t scored_tokens(const Batch& b);
+// Turns a shard's gradient (of the mean loss over its own `scored` tokens) into its part of
+// the gradient of the mean over the `total_scored` tokens of the whole batch: the parts of
+// all shards sum to the whole batch's gradient.
+void weight_shard_gradient(float* grad, int64_t n, int64_t scored, int64_t total_scored);
+
 // A RunLogger on rank 0 of `dp`; on the other ranks every call does nothing. Adds the
 // run attribute data_parallel_ranks when training over more than one rank.
 class RootLogger {
