@@ -43,7 +43,10 @@ int cmd_train(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kTrainHelp), 0;
     auto a = parse_args(argc, argv, 2, {}, {"dump-config", "overwrite", "quiet"}, "train");
     auto cfg = load(a, "train", true);
-    if (a.flag("dump-config")) return fmt::print("{}", cfg.resolved_yaml), 0;
+    if (a.flag("dump-config")) {
+        if (dist::root()) fmt::print("{}", cfg.resolved_yaml);
+        return 0;
+    }
     if (!cfg.sweep.empty() && dist::root())
         fmt::print(stderr, "note: {} has a sweep: block; `kvlab train` runs the base config only (use kvlab sweep)\n",
                    cfg.source);

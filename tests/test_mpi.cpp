@@ -234,3 +234,26 @@ TEST_CASE("shard gradients weighted by their scored tokens sum to the whole batc
     CHECK(err <= 1e-5 * scale);
     CHECK(naive_err > 1e-2 * scale);   // 1/shards would not do
 }
+
+TEST_CASE("a failing point of a sweep over 2 MPI ranks is recorded as failed while the others complete" *
+          doctest::skip(!dist::built())) {
+    const auto d = mpi_tmp_dir("failing");
+    // lr 1e6 without clipping makes the loss non-finite within a few steps.
+    const auto cfg = write_file(d / "s.yaml", tiny_config(d / "r.h5", 20, 4, "sweep:\n  train.lr: [1.0e-3, 1.0e6, 2.0e-3, 3.0e-3]\n"));
+    const auto r = run_kvlab(2, fmt::format("sweep {} --set train.grad_clip=0", cfg.string()));
+    INFO(r.output);
+    CHECK(r.status == 1);
+    CHECK(r.output.find("lr-1.0e6: ") != std::string::npos);
+    const auto runs = by_id(read_runs((d / "r.h5").string()));
+    REQUIRE(runs.size() == 4);
+    for (const auto& [id, run] : runs) {
+        CAPTURE(id);
+        std::string status, error;
+        for (const auto& [k, v] : run.attrs) {
+            if (k == "status") status = std::get<std::string>(v);
+            if (k == "error") error = std::get<std::string>(v);
+        }
+        CHECK(status == (id == "lr-1.0e6" ? "failed" : "completed"));
+        if (id == "lr-1.0e6") CHECK(error.find("nan") != std::string::npos);
+    }
+}
