@@ -23,7 +23,6 @@ int env_int(const char* name) {
     return (end && *end == '\0' && n >= 0 && n < INT_MAX) ? int(n) : -1;
 }
 
-bool g_started = false;      // we called MPI_Init
 bool g_collective = true;    // ranks still do the same work
 int g_rank = 0, g_size = 1, g_local = 1;
 
@@ -62,6 +61,8 @@ bool prints_errors() { return !active() || root() || !g_collective; }
 #ifdef KVLAB_MPI
 
 namespace {
+bool g_started = false;   // we called MPI_Init
+
 // MPI counts are int: long arrays go in pieces.
 template <class T>
 void allreduce_chunks(T* x, int64_t n, MPI_Datatype type) {
