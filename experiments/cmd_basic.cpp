@@ -2,6 +2,7 @@
 #include "attention/registry.h"
 #include "cli.h"
 #include "core/rng.h"
+#include "dist/mpi.h"
 #include "io/results.h"
 #include "lowrank/lowrank.h"
 #include "model/checkpoint.h"
@@ -37,6 +38,12 @@ and exits 130 (SIGINT) or 143 (SIGTERM). A non-finite loss or gradient records t
   --dump-config     print the fully resolved config and exit (nothing is trained)
   --overwrite       replace a completed run of the same id in the results file
   --quiet           no progress line
+
+Under mpirun (or srun) with N processes, trains data-parallel: every rank draws the same
+global batch and trains on batch_size/N of its rows (batch_size must be divisible by N);
+gradients are averaged over the scored tokens of the whole batch before clipping and the
+step, so the run matches one process to float round-off. Rank 0 writes the results
+(docs/distributed.md).
 )";
 
 volatile std::sig_atomic_t g_stop = 0;
@@ -62,33 +69,41 @@ int cmd_train(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kTrainHelp), 0;
     auto a = parse_args(argc, argv, 2, {}, {"dump-config", "overwrite", "quiet"}, "train");
     auto cfg = load(a, "train", true);
-    if (a.flag("dump-config")) return fmt::print("{}", cfg.resolved_yaml), 0;
-    if (!cfg.sweep.empty())
+    if (a.flag("dump-config")) {
+        if (dist::root()) fmt::print("{}", cfg.resolved_yaml);
+        return 0;
+    }
+    if (!cfg.sweep.empty() && dist::root())
         fmt::print(stderr, "note: {} has a sweep: block; `kvlab train` runs the base config only (use kvlab sweep)\n",
                    cfg.source);
     RunOptions opt;
     opt.overwrite = a.flag("overwrite");
-    opt.progress = !a.flag("quiet");
+    opt.progress = !a.flag("quiet") && dist::root();
+    opt.data_parallel = true;   // over the MPI ranks, when there are several
     opt.stop = install_stop_handlers(false);
     RunSummary s;
     try {
         s = train_run(cfg, opt);
     } catch (const RunFailed& e) {
-        fmt::print(stderr, "kvlab train: {}\nthe run is recorded with status \"failed\" in {}\n", e.what(),
-                   cfg.results_path());
+        if (dist::root())
+            fmt::print(stderr, "kvlab train: {}\nthe run is recorded with status \"failed\" in {}\n", e.what(),
+                       cfg.results_path());
         return 1;
     }
     if (s.status == "interrupted") {
-        fmt::print(stderr, "kvlab train: interrupted at step {} of {}; run {} recorded as \"interrupted\" in {}{}\n",
-                   s.steps_done, cfg.train.steps, s.run_id, s.results_path,
-                   cfg.train.checkpoint_every > 0 ? "; rerun the same command to resume" : "");
+        if (dist::root())
+            fmt::print(stderr, "kvlab train: interrupted at step {} of {}; run {} recorded as \"interrupted\" in {}{}\n",
+                       s.steps_done, cfg.train.steps, s.run_id, s.results_path,
+                       cfg.train.checkpoint_every > 0 ? "; rerun the same command to resume" : "");
         return 128 + s.stop_signal;
     }
+    if (!dist::root()) return 0;
     fmt::print("run {} ({}, {} params, KV cache {} elements/token): val_loss {:.4f} ({:.4f} bits/byte)",
                s.run_id, cfg.model.attention, s.n_params, s.kv_elements_per_token, s.val_loss, s.val_bits_per_byte);
     if (s.val_accuracy) fmt::print(", accuracy {:.4f}", *s.val_accuracy);
-    fmt::print("\n{:.0f} tokens/s on {} thread(s), {:.1f} s; results: {}:/runs/{}\n", s.tokens_per_second, s.threads,
-               s.wall_seconds, s.results_path, s.run_id);
+    fmt::print("\n{:.0f} tokens/s on {} thread(s){}, {:.1f} s; results: {}:/runs/{}\n", s.tokens_per_second, s.threads,
+               dist::active() ? fmt::format(" x {} MPI ranks", dist::size()) : "", s.wall_seconds, s.results_path,
+               s.run_id);
     return 0;
 }
 

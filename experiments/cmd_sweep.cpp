@@ -1,8 +1,10 @@
 // kvlab sweep, report, and the hidden _run-point (one sweep point in a worker process).
 #include "cli.h"
+#include "dist/mpi.h"
 #include "io/results.h"
 #include "train/report.h"
 #include "train/sweep.h"
+#include "train/sweep_mpi.h"
 #include "train/trainer.h"
 
 #include <fmt/format.h>
@@ -45,6 +47,11 @@ a kill at any moment leaves every merged run intact (docs/reliability.md).
   --overwrite       rerun completed points too, replacing them
   --quiet           no worker progress lines (always so when N > 1); one line per point stays
   --dry-run         print the points, their run ids and what a run would do, then exit
+
+Under mpirun (or srun) with N processes, the points are spread over the N ranks: each runs
+one point at a time and asks rank 0 for the next; rank 0 also merges every point into the
+results file, which must be on a filesystem all ranks share (docs/distributed.md).
+--jobs is then 1; --threads defaults to cores per node / ranks per node.
 )";
 
 volatile std::sig_atomic_t g_interrupts = 0, g_last_signal = 0;
@@ -74,6 +81,38 @@ const char* status_name(PointStatus s) {
 
 }  // namespace
 
+// The summary of a finished sweep on stdout; the exit status.
+static int sweep_summary(const std::vector<ExperimentConfig>& points, const SweepOutcome& out);
+
+// `kvlab sweep` under mpirun: every rank runs this (train/sweep_mpi.h).
+static int sweep_distributed(const std::vector<ExperimentConfig>& points, SweepOptions opt, bool dry_run) {
+    if (opt.jobs != 1)
+        throw Error(fmt::format("sweep: under mpirun each of the {} ranks runs one point at a time; start more ranks "
+                                "instead of --jobs {}",
+                                dist::size(), opt.jobs));
+    if (dry_run) {
+        if (dist::root()) {
+            fmt::print("{} point(s) -> {}; {} MPI ranks, one point each at a time\n", points.size(),
+                       points.front().results_path(), dist::size());
+            for (const auto& p : plan_sweep(points, opt.overwrite))
+                fmt::print("  {:<48} {}\n", p.run_id, p.status == PointStatus::skipped ? "skip (completed)" : "run");
+        }
+        return 0;
+    }
+    opt.exe = self_exe();
+    opt.interrupts = &g_interrupts;
+    struct sigaction sa {};
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    if (dist::root())
+        fmt::print("sweep over {} MPI ranks ({} on this node)\n", dist::size(), dist::local_size());
+    const SweepOutcome out = run_sweep_mpi(points, opt);
+    if (!dist::root()) return out.interrupted ? 130 : 0;
+    return sweep_summary(points, out);
+}
+
 int cmd_sweep(int argc, char** argv) {
     if (wants_help(argc, argv, 2)) return fmt::print("{}", kSweepHelp), 0;
     auto a = parse_args(argc, argv, 2, {"jobs", "threads"}, {"overwrite", "quiet", "dry-run"}, "sweep");
@@ -89,6 +128,7 @@ int cmd_sweep(int argc, char** argv) {
 
     const auto base = load(a, "sweep", false);
     const auto points = expand_sweep(base);   // every point validated, or an Error (exit 2)
+    if (dist::active()) return sweep_distributed(points, opt, a.flag("dry-run"));
     const int cores = available_cores();
     const int per = worker_threads(points.front(), opt);
     const int used = opt.jobs * (per > 0 ? per : cores);
@@ -126,7 +166,10 @@ int cmd_sweep(int argc, char** argv) {
     }
     sigaction(SIGINT, &old_int, nullptr);
     sigaction(SIGTERM, &old_term, nullptr);
+    return sweep_summary(points, out);
+}
 
+static int sweep_summary(const std::vector<ExperimentConfig>& points, const SweepOutcome& out) {
     const int n_done = out.count(PointStatus::completed), n_skip = out.count(PointStatus::skipped),
               n_fail = out.count(PointStatus::failed), n_left = out.count(PointStatus::pending),
               n_int = out.count(PointStatus::interrupted);

@@ -1,6 +1,7 @@
 // kvlab: one executable, sub-commands; `kvlab COMMAND --help` documents each.
 // User errors (kvlab::Error) print one clean message and exit with status 2.
 #include "cli.h"
+#include "dist/mpi.h"
 
 #include <fmt/format.h>
 
@@ -54,6 +55,33 @@ int error_exit(int status) {
     std::_Exit(status);
 }
 
+// Under mpirun/srun with several processes: train and sweep start MPI (the hidden
+// _run-point is a sweep's worker process and inherits the launcher's environment); other
+// commands run in one process. Returns an exit status, or -1 to go on.
+int mpi_launch_check(int* argc, char*** argv) {
+    const std::string cmd = (*argv)[1];
+    const int n = dist::launched_size();
+    if (n <= 1 || cmd == "_run-point") return -1;
+    const bool first = dist::launched_rank() == 0;
+    if (!dist::built()) {
+        if (first)
+            fmt::print(stderr,
+                       "kvlab: started as {} processes by mpirun/srun, but this kvlab was built without MPI "
+                       "(KVLAB_MPI=OFF); rebuild it with Open MPI installed (libopenmpi-dev) and -DKVLAB_MPI=ON, "
+                       "or run it without mpirun\n",
+                       n);
+        return 2;
+    }
+    if (cmd != "train" && cmd != "sweep") {
+        if (first)
+            fmt::print(stderr, "kvlab {}: runs in one process; only train and sweep run over MPI ranks (mpirun -np 1, "
+                               "or no mpirun)\n", cmd);
+        return 2;
+    }
+    dist::init(argc, argv);
+    return -1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -62,17 +90,24 @@ int main(int argc, char** argv) {
         print_help();
         return argc < 2 ? 2 : 0;
     }
+    if (const int rc = mpi_launch_check(&argc, &argv); rc >= 0) return rc;
+    // Error messages: under MPI, ranks other than 0 name themselves (see dist/mpi.h).
+    auto who = [&] { return dist::active() && !dist::root() ? fmt::format("[rank {}] ", dist::rank()) : std::string(); };
     try {
         for (const auto& c : commands())
-            if (argv[1] == std::string(c.name)) return c.run(argc, argv);
+            if (argv[1] == std::string(c.name)) {
+                const int rc = c.run(argc, argv);
+                dist::finalize();
+                return rc;
+            }
         fmt::print(stderr, "kvlab: unknown command '{}'\n\n", argv[1]);
         print_help();
         return 2;
     } catch (const Error& e) {
-        fmt::print(stderr, "kvlab {}: error: {}\n", argv[1], e.what());
-        return error_exit(2);
+        if (dist::prints_errors()) fmt::print(stderr, "{}kvlab {}: error: {}\n", who(), argv[1], e.what());
+        return error_exit(dist::exit_after_error(2));
     } catch (const std::exception& e) {
-        fmt::print(stderr, "kvlab {}: internal error: {}\n", argv[1], e.what());
-        return error_exit(3);
+        if (dist::prints_errors()) fmt::print(stderr, "{}kvlab {}: internal error: {}\n", who(), argv[1], e.what());
+        return error_exit(dist::exit_after_error(3));
     }
 }

@@ -8,6 +8,7 @@ packages=(
   libyaml-cpp-dev libhdf5-dev libfmt-dev doctest-dev
   hdf5-tools                                  # h5dump, used by tests
   clang-14 libclang-rt-14-dev libomp-14-dev   # fuzzing (libFuzzer), scripts/fuzz.sh
+  openmpi-bin libopenmpi-dev                  # MPI: distributed sweeps and training (optional, KVLAB_MPI)
   python3 python3-h5py python3-matplotlib python3-numpy   # scripts/ (plots, checks)
 )
 missing=()

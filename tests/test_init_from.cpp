@@ -19,6 +19,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// A run without progress lines that does not overwrite a completed run.
+RunOptions quiet() {
+    RunOptions o;
+    o.progress = false;
+    return o;
+}
+
 fs::path scratch() {
     const auto dir = fs::temp_directory_path() / fmt::format("kvlab_init_from_tests_{}", getpid());   // parallel ctest
     fs::create_directories(dir);
@@ -58,7 +65,7 @@ TEST_CASE("training from train.init_from starts at the loss of the run it names"
     const auto base_out = (dir / "base.h5").string(), ft_out = (dir / "ft.h5").string();
     fs::remove(base_out), fs::remove(ft_out);
     const auto base = load_config_text(mqar_yaml(base_out, 60), "<test>");
-    train_run(base, {false, false});
+    train_run(base, quiet());
     const ParamSet trained = read_param_set(base_out, "/runs/base/params");
 
     // The three spellings of the same parameters: the results file (one run), the run, a checkpoint.
@@ -70,7 +77,7 @@ TEST_CASE("training from train.init_from starts at the loss of the run it names"
         fs::remove(ft_out);
         const auto ft = load_config_text(mqar_yaml(ft_out, 1, fmt::format(", init_from: \"{}\"", spec)), "<test>");
         CHECK(ft.train.init_from == spec);
-        train_run(ft, {false, false});
+        train_run(ft, quiet());
         const auto runs = read_runs(ft_out);
         REQUIRE(runs.size() == 1);
         REQUIRE(!runs[0].train_loss.empty());
@@ -87,12 +94,12 @@ TEST_CASE("train.init_from whose tensors do not fit the model is an error naming
     const auto dir = scratch();
     const auto base_out = (dir / "fit_base.h5").string(), out = (dir / "fit_ft.h5").string();
     fs::remove(base_out), fs::remove(out);
-    train_run(load_config_text(mqar_yaml(base_out, 2), "<test>"), {false, false});
+    train_run(load_config_text(mqar_yaml(base_out, 2), "<test>"), quiet());
     const std::string init = fmt::format(", init_from: \"{}\"", base_out);
 
     // Another mlp_hidden: the first mismatched tensor is layer 0's first MLP matrix.
     auto wider = load_config_text(mqar_yaml(out, 2, init, "40"), "<test>");
-    CHECK_THROWS_WITH_AS(train_run(wider, {false, false}),
+    CHECK_THROWS_WITH_AS(train_run(wider, quiet()),
                          doctest::Contains(("train.init_from (" + base_out + ":/runs/base/params): parameter 'layers.0.mlp").c_str()),
                          Error);
     CHECK_FALSE(fs::exists(out));   // nothing written
@@ -100,11 +107,11 @@ TEST_CASE("train.init_from whose tensors do not fit the model is an error naming
     auto mla = load_config_text(mqar_yaml(out, 2, init), "<test>",
                                 {{"model.attention", "mla"}, {"model.kv_lora_rank", "8"}, {"model.q_lora_rank", "0"},
                                  {"model.qk_rope_head_dim", "2"}});
-    CHECK_THROWS_WITH_AS(train_run(mla, {false, false}), doctest::Contains("missing parameter 'layers.0.attn."), Error);
+    CHECK_THROWS_WITH_AS(train_run(mla, quiet()), doctest::Contains("missing parameter 'layers.0.attn."), Error);
     CHECK_FALSE(fs::exists(out));
     // A run id the file does not have: the error lists the runs there are.
     auto bad_run = load_config_text(mqar_yaml(out, 2, fmt::format(", init_from: \"{}:/runs/nope\"", base_out)), "<test>");
-    CHECK_THROWS_WITH_AS(train_run(bad_run, {false, false}), doctest::Contains("has no run 'nope'; runs: base"), Error);
+    CHECK_THROWS_WITH_AS(train_run(bad_run, quiet()), doctest::Contains("has no run 'nope'; runs: base"), Error);
 }
 
 TEST_CASE("train.init_from that names no file is a config error at its position") {

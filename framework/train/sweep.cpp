@@ -97,6 +97,7 @@ private:
     void finish(Worker& w, int wait_status);
     void record_failure(const ExperimentConfig& p, const std::string& error);
     void line_done(const PointOutcome& o);
+    void poll_remote(const std::vector<size_t>& queue, size_t& next);
     int interrupts() const { return opt_.interrupts ? int(*opt_.interrupts) : 0; }
 
     const std::vector<ExperimentConfig>& points_;
@@ -129,21 +130,7 @@ void Runner::lock_parts_dirs() {
 }
 
 void Runner::launch(size_t index) {
-    const ExperimentConfig& p = points_[index];
-    const std::string yaml = part_file(p, ".yaml"), part = part_file(p, ".h5");
-    std::error_code ec;
-    fs::remove(part, ec);   // a stale part of an earlier, killed sweep
-    {
-        std::ofstream f(yaml, std::ios::binary | std::ios::trunc);
-        f << p.resolved_yaml;
-        if (!f) throw Error(fmt::format("cannot write '{}'", yaml));
-    }
-    // The worker loads the point under the original config's name, so a relative
-    // data.path is looked up exactly as it was for this sweep.
-    std::vector<std::string> args = {opt_.exe, "_run-point", yaml, "--source", p.source.empty() ? "<config>" : p.source,
-                                     "--run-id", p.run_id, "--out", part};
-    if (const int t = worker_threads(p, opt_); t > 0) args.insert(args.end(), {"--threads", std::to_string(t)});
-    if (opt_.quiet || opt_.jobs > 1) args.push_back("--quiet");
+    std::vector<std::string> args = prepare_point(points_[index], opt_);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -323,7 +310,7 @@ SweepOutcome Runner::run() {
     if (!queue.empty()) lock_parts_dirs();
     size_t next = 0;
     const int jobs = std::max(1, opt_.jobs);
-    while ((next < queue.size() && !stopping_) || !workers_.empty()) {
+    while ((next < queue.size() && !stopping_) || !workers_.empty() || (opt_.remote && opt_.remote->busy())) {
         if (interrupts() >= 1 && !stopping_) {
             stopping_ = out_.interrupted = true;
             console_.end_line();
@@ -336,10 +323,11 @@ SweepOutcome Runner::run() {
             for (const auto& w : workers_) kill(w.pid, SIGKILL);
         }
         while (!stopping_ && next < queue.size() && int(workers_.size()) < jobs) launch(queue[next++]);
+        if (opt_.remote) poll_remote(queue, next);
 
         std::vector<pollfd> fds;
         for (const auto& w : workers_) fds.push_back({w.fd, POLLIN, 0});
-        if (poll(fds.data(), fds.size(), 200) > 0)
+        if (poll(fds.data(), fds.size(), opt_.remote ? 50 : 200) > 0)
             for (size_t i = 0; i < fds.size(); ++i)
                 if (fds[i].revents & (POLLIN | POLLHUP)) read_output(workers_[i], false);
         for (size_t i = 0; i < workers_.size();) {
@@ -364,7 +352,41 @@ SweepOutcome Runner::run() {
     return out_;
 }
 
+// Points run by other processes (SweepOptions::remote): hand out the queue, merge what
+// finished as finish() does for a local worker (no pipe to read: fd -1).
+void Runner::poll_remote(const std::vector<size_t>& queue, size_t& next) {
+    auto give = [&]() -> std::optional<size_t> {
+        if (stopping_ || next >= queue.size()) return std::nullopt;
+        return queue[next++];
+    };
+    for (auto& f : opt_.remote->poll(give)) {
+        Worker w;
+        w.index = f.index;
+        w.last_line = f.last_line;
+        w.start = Clock::now() - std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(f.seconds));
+        finish(w, f.wait_status);
+    }
+}
+
 }  // namespace
+
+std::vector<std::string> prepare_point(const ExperimentConfig& p, const SweepOptions& opt) {
+    const std::string yaml = part_file(p, ".yaml"), part = part_file(p, ".h5");
+    std::error_code ec;
+    fs::remove(part, ec);   // a stale part of an earlier, killed sweep
+    {
+        std::ofstream f(yaml, std::ios::binary | std::ios::trunc);
+        f << p.resolved_yaml;
+        if (!f) throw Error(fmt::format("cannot write '{}'", yaml));
+    }
+    // The worker loads the point under the original config's name, so a relative
+    // data.path is looked up exactly as it was for this sweep.
+    std::vector<std::string> args = {opt.exe, "_run-point", yaml, "--source", p.source.empty() ? "<config>" : p.source,
+                                     "--run-id", p.run_id, "--out", part};
+    if (const int t = worker_threads(p, opt); t > 0) args.insert(args.end(), {"--threads", std::to_string(t)});
+    if (opt.quiet || opt.jobs > 1) args.push_back("--quiet");
+    return args;
+}
 
 int SweepOutcome::count(PointStatus s) const {
     int n = 0;

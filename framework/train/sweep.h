@@ -32,11 +32,14 @@
 #include "config/experiment_config.h"
 
 #include <csignal>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 namespace kvlab {
+
+class RemoteWorkers;
 
 struct SweepOptions {
     std::string exe;        // the kvlab binary the workers exec (kvlab sweep: "/proc/self/exe", itself)
@@ -47,6 +50,9 @@ struct SweepOptions {
     // Incremented by the caller's SIGINT/SIGTERM handler. 1: launch nothing more, send SIGTERM
     // to the running workers and wait for them; 2: SIGKILL them.
     const volatile std::sig_atomic_t* interrupts = nullptr;
+    // Distributed sweeps (train/sweep_mpi.h): other processes that take points from this
+    // sweep's queue too; their finished points are merged like those of local workers.
+    RemoteWorkers* remote = nullptr;
 };
 
 enum class PointStatus { pending, completed, skipped, failed, interrupted };
@@ -82,5 +88,28 @@ std::vector<PointOutcome> plan_sweep(const std::vector<ExperimentConfig>& points
 // not quiet) the workers' progress lines on stderr. kvlab::Error only for problems that
 // stop the whole sweep (another sweep holds the lock, a results file that is not one).
 SweepOutcome run_sweep(const std::vector<ExperimentConfig>& points, const SweepOptions& opt);
+
+// Writes a point's resolved config into its parts dir, removes a stale part file, and
+// returns the command line of its worker (`kvlab _run-point ...`), as run_sweep starts it.
+std::vector<std::string> prepare_point(const ExperimentConfig& point, const SweepOptions& opt);
+
+// Processes outside run_sweep that run points of its queue (train/sweep_mpi.cpp: the other
+// MPI ranks). run_sweep calls poll about every 50 ms while it runs and goes on while busy.
+class RemoteWorkers {
+public:
+    struct Finished {
+        size_t index;            // into the points
+        int wait_status;         // of the point's worker process, as waitpid gives it
+        std::string last_line;   // its last stderr line
+        double seconds;
+    };
+    virtual ~RemoteWorkers() = default;
+    // Hands out points to whoever asks for one: next() gives the index of the next point
+    // to run, or nothing when there is none left (or the sweep is stopping). Returns the
+    // points finished elsewhere since the last call.
+    virtual std::vector<Finished> poll(const std::function<std::optional<size_t>()>& next) = 0;
+    // True while points run elsewhere or a process still waits for an answer.
+    virtual bool busy() const = 0;
+};
 
 }  // namespace kvlab

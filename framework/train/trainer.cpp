@@ -2,6 +2,8 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "dist/data_parallel.h"
+#include "dist/mpi.h"
 #include "io/results.h"
 #include "io/safe_write.h"
 #include "io/train_checkpoint.h"
@@ -46,12 +48,13 @@ struct EvalResult {
     std::optional<double> accuracy;
 };
 
-EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, int B) {
+EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, int B, const dist::DataParallel& dp) {
     Batch batch;
     double total = 0;
     int64_t scored = 0, n_correct = 0, n_answers = 0;
     for (int i = 0; i < batches; ++i) {
         task.val_batch(i, B, batch);
+        dp.shard(batch);
         const double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
         int64_t s, c;
         model.count_correct(batch.targets.data(), s, c);
@@ -60,6 +63,8 @@ EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, in
         n_answers += s;
         n_correct += c;
     }
+    dp.reduce_eval(total, scored, n_correct);
+    n_answers = scored;
     EvalResult r;
     r.loss = scored > 0 ? total / double(scored) : 0.0;
     if (task.scores_answers()) r.accuracy = n_answers > 0 ? double(n_correct) / double(n_answers) : 0.0;
@@ -150,7 +155,10 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     std::vector<AdamW::Group> groups;
     for (const auto& np : model.params()) groups.push_back({np.offset, np.spec.numel(), np.spec.decay()});
     AdamW opt_state(model.n_params(), groups, tc.beta1, tc.beta2, tc.adam_eps, tc.weight_decay);
-    if (opt.merge) {
+    const dist::DataParallel dp(opt.data_parallel, tc.batch_size);
+    const bool root = dp.root();
+    if (dp.ranks() > 1) dist::diverge();   // from here only rank 0 touches files: its errors are its own
+    if (opt.merge && root) {
         check_results_writable(results);
         for (const auto& [id, status] : run_statuses(results))
             if (id == cfg.run_id && status == "completed") {
@@ -161,7 +169,8 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
             }
     }
 
-    // Resume from a checkpoint of this very run and config.
+    // Resume from a checkpoint of this very run and config (every rank reads it; only
+    // rank 0 writes checkpoints, the part file and the results file).
     Rng data_rng = Rng::stream(cfg.seed, /*stream id: training batches*/ 2);
     std::optional<TrainCheckpoint> resume;
     std::error_code ec;
@@ -187,20 +196,22 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
         }
     }
 
-    {
+    std::unique_ptr<RunLogger> log;   // rank 0 only
+    if (root) {
         const fs::path dir = fs::path(part).parent_path();
         if (!dir.empty()) fs::create_directories(dir, ec);
         if (ec) throw Error(fmt::format("cannot create '{}': {}", dir.string(), ec.message()));
         fs::remove(part, ec);   // a stale part of an earlier, killed run: the checkpoint is what resumes
+        log = std::make_unique<RunLogger>(part, cfg.run_id, /*overwrite=*/true);
+        Attrs attrs = {{"seed", static_cast<int64_t>(cfg.seed)},
+                       {"n_params", sum.n_params},
+                       {"kv_cache_elements_per_token", sum.kv_elements_per_token},
+                       {"kv_cache_bytes_per_token", sum.kv_bytes_per_token},
+                       {"threads", static_cast<int64_t>(sum.threads)},
+                       {"task", cfg.data.task}};
+        if (dp.ranks() > 1) attrs.emplace_back("data_parallel_ranks", static_cast<int64_t>(dp.ranks()));
+        log->begin_run(cfg.resolved_yaml, cfg.model.attention, attrs);
     }
-    auto log = std::make_unique<RunLogger>(part, cfg.run_id, /*overwrite=*/true);
-    log->begin_run(cfg.resolved_yaml, cfg.model.attention,
-                   {{"seed", static_cast<int64_t>(cfg.seed)},
-                    {"n_params", sum.n_params},
-                    {"kv_cache_elements_per_token", sum.kv_elements_per_token},
-                    {"kv_cache_bytes_per_token", sum.kv_bytes_per_token},
-                    {"threads", static_cast<int64_t>(sum.threads)},
-                    {"task", cfg.data.task}});
 
     // The series so far, kept for checkpoints (and replayed into the part file on resume).
     TrainCheckpoint curves;
@@ -216,14 +227,14 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
         tokens = curves.tokens;
         last_eval.loss = curves.last_eval_loss;
         last_eval.accuracy = curves.last_eval_accuracy;
-        for (size_t i = 0; i < curves.train_step.size(); ++i)
+        for (size_t i = 0; log && i < curves.train_step.size(); ++i)
             log->log_train(curves.train_step[i], curves.train_loss[i], curves.train_lr[i]);
-        for (size_t i = 0; i < curves.eval_step.size(); ++i) {
+        for (size_t i = 0; log && i < curves.eval_step.size(); ++i) {
             std::optional<double> acc;
             if (!curves.eval_accuracy.empty() && !std::isnan(curves.eval_accuracy[i])) acc = curves.eval_accuracy[i];
             log->log_eval(curves.eval_step[i], curves.eval_loss[i], acc);
         }
-        log->set_attrs({{"resumed_from_step", int64_t{start}}});
+        if (log) log->set_attrs({{"resumed_from_step", int64_t{start}}});
         sum.resumed_from = start;
         if (opt.progress) fmt::print(stderr, "[{}] resuming at step {} from {}\n", cfg.run_id, start, ckpt);
     }
@@ -237,17 +248,18 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     auto wall = [&] { return wall_before + std::chrono::duration<double>(Clock::now() - t0).count(); };
     auto merge = [&] {
         log.reset();   // closes the part file
-        if (!opt.merge) return;
+        if (!opt.merge || !root) return;
         merge_run(part, results, cfg.run_id);
         remove_quietly(part);
     };
     auto fail = [&](const std::string& msg) {
-        log->fail_run(msg);
+        if (log) log->fail_run(msg);
         merge();
-        remove_quietly(ckpt);   // a non-finite value comes back on every resume
+        if (root) remove_quietly(ckpt);   // a non-finite value comes back on every resume
         throw RunFailed(fmt::format("run '{}' failed: {}", cfg.run_id, msg));
     };
     auto write_checkpoint = [&](int done) {
+        if (!root) return;
         curves.run_id = cfg.run_id;
         curves.config = cfg.resolved_yaml;
         curves.step = done;
@@ -271,29 +283,32 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
         const auto ts = Clock::now();
         const int done = step + 1;
         task->train_batch(data_rng, tc.batch_size, batch);
+        dp.shard(batch);   // this rank's rows (all of them in one process)
         model.zero_grad();
-        const double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
-        if (!std::isfinite(loss)) fail(fmt::format("step {}: the training loss is {}", done, loss));
+        double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
         model.backward();
+        // the whole batch's loss and gradient, summed over the ranks (every rank sees the same)
+        loss = dp.reduce_gradients(model.grad_data(), model.n_params(), loss, batch);
+        if (!std::isfinite(loss)) fail(fmt::format("step {}: the training loss is {}", done, loss));
         if (opt.after_backward) opt.after_backward(done, model);
         const double gnorm = clip_grad_norm(model.grad_data(), model.n_params(), tc.grad_clip);
         if (!std::isfinite(gnorm)) fail(fmt::format("step {}: {}", done, non_finite_gradient(model)));
         const double lr = lr_at(step, tc.steps, tc.lr, tc.min_lr, tc.warmup_steps);
         opt_state.step(model.param_data(), model.grad_data(), lr);
         train_seconds += std::chrono::duration<double>(Clock::now() - ts).count();
-        tokens += static_cast<int64_t>(batch.B) * batch.T;
+        tokens += static_cast<int64_t>(tc.batch_size) * batch.T;
 
         if (done % tc.log_every == 0 || done == tc.steps || done == 1) {
-            log->log_train(done, loss, lr);
+            if (log) log->log_train(done, loss, lr);
             curves.train_step.push_back(done);
             curves.train_loss.push_back(loss);
             curves.train_lr.push_back(lr);
         }
         if (done % tc.eval_every == 0 || done == tc.steps) {
-            last_eval = evaluate(model, *task, tc.eval_batches, tc.batch_size);
+            last_eval = evaluate(model, *task, tc.eval_batches, tc.batch_size, dp);
             if (!std::isfinite(last_eval.loss))
                 fail(fmt::format("step {}: the validation loss is {}", done, last_eval.loss));
-            log->log_eval(done, last_eval.loss, last_eval.accuracy);
+            if (log) log->log_eval(done, last_eval.loss, last_eval.accuracy);
             if (last_eval.accuracy && curves.eval_accuracy.empty())
                 curves.eval_accuracy.assign(curves.eval_step.size(), std::nan(""));
             curves.eval_step.push_back(done);
@@ -320,9 +335,11 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
         if (tc.checkpoint_every > 0 && (done % tc.checkpoint_every == 0 || sig != 0)) write_checkpoint(done);
         if (sig != 0) {
             if (tty && opt.progress) fmt::print(stderr, "\n");
-            log->set_attrs({{"tokens_per_second", double(tokens) / std::max(train_seconds, 1e-9)},
-                            {"wall_seconds", wall()}});
-            log->interrupt_run(signal_name(sig), done);
+            if (log) {
+                log->set_attrs({{"tokens_per_second", double(tokens) / std::max(train_seconds, 1e-9)},
+                                {"wall_seconds", wall()}});
+                log->interrupt_run(signal_name(sig), done);
+            }
             merge();
             sum.status = "interrupted";
             sum.stop_signal = sig;
@@ -339,12 +356,14 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     sum.val_bits_per_byte = last_eval.loss / std::log(2.0);
     sum.val_accuracy = last_eval.accuracy;
 
-    log->set_attrs({{"tokens_per_second", sum.tokens_per_second}, {"wall_seconds", sum.wall_seconds}});
-    Attrs fin = {{"val_loss", sum.val_loss}, {"val_bits_per_byte", sum.val_bits_per_byte}};
-    if (sum.val_accuracy) fin.emplace_back("val_accuracy", *sum.val_accuracy);
-    log->end_run(fin, to_param_set(model));
+    if (log) {
+        log->set_attrs({{"tokens_per_second", sum.tokens_per_second}, {"wall_seconds", sum.wall_seconds}});
+        Attrs fin = {{"val_loss", sum.val_loss}, {"val_bits_per_byte", sum.val_bits_per_byte}};
+        if (sum.val_accuracy) fin.emplace_back("val_accuracy", *sum.val_accuracy);
+        log->end_run(fin, to_param_set(model));
+    }
     merge();
-    if (opt.merge) remove_quietly(ckpt);   // a sweep's parent deletes it after its own merge
+    if (opt.merge && root) remove_quietly(ckpt);   // a sweep's parent deletes it after its own merge
     return sum;
 }
 

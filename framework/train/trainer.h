@@ -29,6 +29,7 @@ struct RunOptions {
     const volatile std::sig_atomic_t* stop = nullptr;
     // Tests only: called after every backward pass with the 1-based step (fault injection).
     std::function<void(int64_t step, Transformer<float>& model)> after_backward;
+    bool data_parallel = false;   // split each batch over the MPI ranks (dist/data_parallel.h)
 };
 
 struct RunSummary {
