@@ -5,7 +5,7 @@
 //   1. train  the MHA base and MLA at every budget: a sweep (worker processes, `jobs` at a
 //             time) into the study's results file; completed runs are skipped on rerun.
 //   2. compress the base with every method × weight-only/data-aware × budget into latent_kv
-//             checkpoints (<stem>.ckpt/), measure the factorisation and K/V errors, the
+//             checkpoints (<stem>.compressed/), measure the factorisation and K/V errors, the
 //             spectra and the validation loss/accuracy. Deterministic, so it is redone.
 //   3. finetune every compressed checkpoint, and the base itself as the control, via
 //             train.init_from: a second sweep; completed runs are skipped on rerun.
@@ -56,7 +56,7 @@ and each model's validation loss, bits per byte (text) or accuracy (MQAR).
 Writes (default names from the study's name):
   results/<name>.h5     /runs/<id> every training run (config.md), /study/<task>/ the tables
   results/<name>.md     the comparison table (also printed)
-  results/<name>.ckpt/  the compressed checkpoints (kvlab generate loads them)
+  results/<name>.compressed/  the compressed checkpoints (kvlab generate loads them)
 Plots: /usr/bin/python3 scripts/plot_lowrank_study.py results/<name>.h5
 
 Rerunning resumes: completed training and fine-tuning runs are skipped (the compression

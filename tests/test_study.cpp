@@ -82,7 +82,7 @@ TEST_CASE("the study config reader reports bad keys, methods and budgets the bas
     CHECK(s.tasks[0].max_rank == 32);
     CHECK(s.tasks[0].n_kv_heads == 4);
     CHECK(s.markdown_path() == (dir / "study.md").string());
-    CHECK(s.checkpoint_dir() == (dir / "study.ckpt").string());
+    CHECK(s.checkpoint_dir() == (dir / "study.compressed").string());
     CHECK_THROWS_WITH_AS(load_study_config(tiny_study(dir, "[8, 40]").string()),
                          doctest::Contains("tasks.text.budgets: 40 is above the largest rank of [wk; wv]"), Error);
     CHECK_THROWS_WITH_AS(load_study_config(tiny_study(dir, "[4, 16]").string()),
@@ -125,7 +125,7 @@ TEST_CASE("kvlab lowrank-study runs a tiny study end to end, resumes, and writes
     CAPTURE(r.output);
     REQUIRE(r.status == 0);
     CHECK(fs::exists(dir / "study.md"));
-    CHECK(fs::exists(dir / "study.ckpt" / "text-svd-weight-b8.h5"));
+    CHECK(fs::exists(dir / "study.compressed" / "text-svd-weight-b8.h5"));
 
     // Every training run completed: base, 2 MLA, the base's control fine-tune, 16 fine-tunes.
     std::set<std::string> ids;

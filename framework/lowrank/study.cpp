@@ -105,7 +105,7 @@ std::string StudyConfig::markdown_path() const {
     return fs::path(results_path()).replace_extension(".md").string();
 }
 std::string StudyConfig::checkpoint_dir() const {
-    return fs::path(results_path()).replace_extension(".ckpt").string();
+    return fs::path(results_path()).replace_extension(".compressed").string();
 }
 
 StudyConfig load_study_config(const std::string& path) {

@@ -6,7 +6,7 @@
 // Study config (YAML; every key but tasks is optional):
 //   name: lowrank-study               results/<name>.h5, results/<name>.md
 //   output: results/lowrank-study.h5  the results file; the Markdown table goes next to it
-//                                     (<stem>.md), compressed checkpoints into <stem>.ckpt/
+//                                     (<stem>.md), compressed checkpoints into <stem>.compressed/
 //   methods: [svd, qrcp, rsvd, cur]   low-rank approximators (kvlab list)
 //   data_aware: [false, true]         weight-only and/or data-aware (SVD-LLM whitening)
 //   calib_batches: 8                  training batches for data-aware calibration and the K/V spectra
@@ -63,7 +63,7 @@ struct StudyConfig {
 
     std::string results_path() const;  // output, else results/<name>.h5
     std::string markdown_path() const; // <results stem>.md
-    std::string checkpoint_dir() const;// <results stem>.ckpt
+    std::string checkpoint_dir() const;// <results stem>.compressed
 };
 
 // Reads and checks a study config, and loads and checks every task's base config (its
