@@ -14,28 +14,15 @@
 #include "core/error.h"
 #include "io/h5.h"
 #include "io/results.h"
+#include "support/process.h"
 
 using namespace kvlab;
+using namespace kvlab::test;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-    fs::path dir;
-    TempDir() {
-        static int n = 0;
-        dir = fs::temp_directory_path() / fmt::format("kvlab_test_io_{}_{}", getpid(), n++);
-        fs::create_directories(dir);
-    }
-    ~TempDir() {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
-    }
-    std::string operator/(const std::string& name) const { return (dir / name).string(); }
-};
-
-int run_shell(const std::string& cmd) {
+int shell_status(const std::string& cmd) {
     int status = std::system(cmd.c_str());
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
@@ -44,14 +31,14 @@ int run_shell(const std::string& cmd) {
 // while Debian's python3-h5py lives under /usr/bin/python3.
 std::optional<std::string> python_with_h5py() {
     for (const char* py : {"python3", "/usr/bin/python3"})
-        if (run_shell(fmt::format("{} -c 'import h5py' >/dev/null 2>&1", py)) == 0) return std::string(py);
+        if (shell_status(fmt::format("{} -c 'import h5py' >/dev/null 2>&1", py)) == 0) return std::string(py);
     return std::nullopt;
 }
 
 // doctest::Contains takes a doctest::String, which has no std::string constructor.
 doctest::Contains has(const std::string& s) { return doctest::Contains(s.c_str()); }
 
-bool have_h5dump() { return run_shell("command -v h5dump >/dev/null 2>&1") == 0; }
+bool have_h5dump() { return shell_status("command -v h5dump >/dev/null 2>&1") == 0; }
 
 std::vector<float> iota(size_t n, float scale) {
     std::vector<float> v(n);
@@ -332,9 +319,9 @@ TEST_CASE("a process killed mid-run leaves a readable file with status running")
     CHECK(status_of(runs[0]) == "running");
     CHECK(runs[0].train_step == std::vector<int64_t>{1, 2, 3, 4, 5});
     CHECK(runs[0].eval_loss == std::vector<double>{3.5});
-    if (have_h5dump()) CHECK(run_shell(fmt::format("h5dump -H '{}' >/dev/null 2>&1", file)) == 0);
+    if (have_h5dump()) CHECK(shell_status(fmt::format("h5dump -H '{}' >/dev/null 2>&1", file)) == 0);
     if (auto py = python_with_h5py())
-        CHECK(run_shell(
+        CHECK(shell_status(
                   fmt::format("{} -c \"import h5py; h5py.File('{}', 'r')['runs/r0/train/step'][:]\"", *py, file)) == 0);
 }
 
@@ -469,7 +456,7 @@ with h5py.File(dump, "r") as f:
     assert np.array_equal(f["grads/embed"][:].ravel(), 0.5 * np.arange(12, dtype=np.float32) - 1)
     assert type(f["params"].attrs["attention"]) is str
 )PY";
-    CHECK(run_shell(fmt::format("{} '{}' '{}' '{}'", *py, script, results, dump)) == 0);
+    CHECK(shell_status(fmt::format("{} '{}' '{}' '{}'", *py, script, results, dump)) == 0);
 }
 
 TEST_CASE("h5dump reads the files") {
@@ -481,6 +468,6 @@ TEST_CASE("h5dump reads the files") {
     const std::string results = tmp / "results.h5", ckpt = tmp / "ckpt.h5";
     write_completed_run(results);
     write_param_set(ckpt, "/params", sample_params());
-    CHECK(run_shell(fmt::format("h5dump -H '{}' >/dev/null", results)) == 0);
-    CHECK(run_shell(fmt::format("h5dump -H '{}' >/dev/null", ckpt)) == 0);
+    CHECK(shell_status(fmt::format("h5dump -H '{}' >/dev/null", results)) == 0);
+    CHECK(shell_status(fmt::format("h5dump -H '{}' >/dev/null", ckpt)) == 0);
 }

@@ -8,6 +8,7 @@
 #include "io/results.h"
 #include "model/transformer.h"
 #include "support/harness.h"
+#include "support/process.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -22,6 +23,7 @@
 #include <map>
 
 using namespace kvlab;
+using namespace kvlab::test;
 namespace fs = std::filesystem;
 
 #ifndef KVLAB_MPIEXEC
@@ -37,27 +39,13 @@ fs::path mpi_tmp_dir(const std::string& name) {
     return d;
 }
 
-struct Result {
-    int status = -1;
-    std::string output;   // stdout and stderr
-};
-
 // kvlab with `args`, under `mpirun -np ranks --oversubscribe` when ranks > 0.
 Result run_kvlab(int ranks, const std::string& args) {
     // Tests may run as root (containers, CI): Open MPI refuses that unless told.
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     const std::string launcher = ranks > 0 ? fmt::format("'{}' -np {} --oversubscribe ", KVLAB_MPIEXEC, ranks) : "";
-    const std::string cmd = fmt::format("{}'{}' {} 2>&1", launcher, KVLAB_BINARY, args);
-    Result r;
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
+    return run_shell(fmt::format("{}'{}' {}", launcher, KVLAB_BINARY, args));
 }
 
 // A tiny MQAR model; every plugin key set so any attention can be swept.

@@ -8,6 +8,7 @@
 #include "io/train_checkpoint.h"
 #include "model/transformer.h"
 #include "train/trainer.h"
+#include "support/process.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -28,6 +29,7 @@
 #include <thread>
 
 using namespace kvlab;
+using namespace kvlab::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -67,25 +69,6 @@ std::string read_text(const fs::path& p) {
     s << in.rdbuf();
     return s.str();
 }
-
-struct Result {
-    int status = -1;
-    std::string output;
-};
-
-Result run_shell(const std::string& cmd) {
-    Result r;
-    FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
-}
-
-Result run_kvlab(const std::string& args) { return run_shell(fmt::format("'{}' {}", KVLAB_BINARY, args)); }
 
 // kvlab in its own process group, stdout and stderr to `log`; returns its pid.
 pid_t spawn_kvlab(const std::vector<std::string>& args, const fs::path& log) {

@@ -2,6 +2,7 @@
 // measurements, and `kvlab lowrank-study` end to end through the built binary.
 #include "io/results.h"
 #include "lowrank/study.h"
+#include "support/process.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -16,6 +17,7 @@
 #include <set>
 
 using namespace kvlab;
+using namespace kvlab::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -25,22 +27,6 @@ fs::path scratch(const std::string& name) {
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
-}
-
-struct Result {
-    int status = -1;
-    std::string output;
-};
-Result run_kvlab(const std::string& args) {
-    Result r;
-    FILE* p = popen(fmt::format("'{}' {} 2>&1", KVLAB_BINARY, args).c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
 }
 
 // A one-task study on configs/tiny.yaml (text; d_model 32, 4 heads x 8: ranks up to 32).

@@ -3,6 +3,7 @@
 #include "config/loader.h"
 #include "io/results.h"
 #include "train/report.h"
+#include "support/process.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -19,17 +20,12 @@
 #include <thread>
 
 using namespace kvlab;
+using namespace kvlab::test;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test case and process (ctest runs cases in parallel processes).
-fs::path tmp_dir(const std::string& name) {
-    const auto d = fs::temp_directory_path() / fmt::format("kvlab_sweep_tests.{}", getpid()) / name;
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
+fs::path sweep_dir(const std::string& name) { return scratch_dir("kvlab_sweep_tests", name); }
 
 // A tiny MQAR model (well under a second per point); every plugin key set so any
 // attention can be swept. `extra` is appended (a sweep: block, overrides of train:).
@@ -47,24 +43,6 @@ output: {{path: {}}}
 fs::path write_file(const fs::path& p, const std::string& text) {
     std::ofstream(p) << text;
     return p;
-}
-
-struct Result {
-    int status = -1;
-    std::string output;   // stdout and stderr
-};
-
-Result run_kvlab(const std::string& args, bool merge_stderr = true) {
-    const std::string cmd = fmt::format("'{}' {} {}", KVLAB_BINARY, args, merge_stderr ? "2>&1" : "2>/dev/null");
-    Result r;
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    return r;
 }
 
 std::string status_of(const RunRecord& r) {
@@ -104,7 +82,7 @@ TEST_CASE("a sweep expands to the product of its axes, tied keys zipped, with re
     CHECK(ids.size() == 6);
 
     // --dry-run prints the same ids and runs nothing.
-    const auto d = tmp_dir("dry_run");
+    const auto d = sweep_dir("dry_run");
     const auto cfg = write_file(d / "s.yaml", tiny_config(d / "r.h5", 2, "sweep:\n  seed: [0, 1]\n  train.lr: [1.0e-3, 3.0e-3]\n"));
     const auto r = run_kvlab(fmt::format("sweep {} --dry-run", cfg.string()));
     CHECK(r.status == 0);
@@ -114,7 +92,7 @@ TEST_CASE("a sweep expands to the product of its axes, tied keys zipped, with re
 }
 
 TEST_CASE("an invalid sweep point fails before anything runs and creates no results file") {
-    const auto d = tmp_dir("invalid");
+    const auto d = sweep_dir("invalid");
     // n_heads 4 is not divisible by n_kv_heads 3: only the second point is invalid.
     const auto cfg = write_file(d / "s.yaml", tiny_config(d / "r.h5", 2, R"(sweep:
   model.attention: [gqa]
@@ -130,7 +108,7 @@ TEST_CASE("an invalid sweep point fails before anything runs and creates no resu
 }
 
 TEST_CASE("a sweep with --jobs 2 runs every point into one results file") {
-    const auto d = tmp_dir("jobs2");
+    const auto d = sweep_dir("jobs2");
     const auto cfg = write_file(d / "s.yaml", tiny_config(d / "r.h5", 20, "sweep:\n  model.attention: [mha, gqa, mqa, mla]\n"));
     const auto r = run_kvlab(fmt::format("sweep {} --jobs 2", cfg.string()));
     INFO(r.output);
@@ -151,7 +129,7 @@ TEST_CASE("a sweep with --jobs 2 runs every point into one results file") {
 }
 
 TEST_CASE("a failing sweep point is recorded as failed with its error while the others complete") {
-    const auto d = tmp_dir("failing");
+    const auto d = sweep_dir("failing");
     // lr 1e6 without clipping makes the loss non-finite within a few steps.
     const auto cfg = write_file(d / "s.yaml", tiny_config(d / "r.h5", 20, "sweep:\n  train.lr: [1.0e-3, 1.0e6, 2.0e-3]\n"));
     const auto r = run_kvlab(fmt::format("sweep {} --jobs 2 --set train.grad_clip=0", cfg.string()));
@@ -172,7 +150,7 @@ TEST_CASE("a failing sweep point is recorded as failed with its error while the 
 }
 
 TEST_CASE("a killed sweep resumes: completed points are skipped and the rest run once") {
-    const auto d = tmp_dir("resume");
+    const auto d = sweep_dir("resume");
     const auto cfg = write_file(d / "s.yaml", tiny_config(d / "r.h5", 300, "sweep:\n  seed: [0, 1, 2]\n"));
     const auto log = d / "log.txt";
     const pid_t pid = fork();
@@ -268,7 +246,7 @@ fs::path synthetic_results(const fs::path& d) {
 }  // namespace
 
 TEST_CASE("the report groups seeds, picks the best learning rate and lists failed runs") {
-    const auto d = tmp_dir("report");
+    const auto d = sweep_dir("report");
     const auto file = synthetic_results(d);
     const auto runs = read_runs(file.string());
 
@@ -326,7 +304,7 @@ TEST_CASE("plot_results.py writes the Pareto and curve PNGs") {
         MESSAGE("skipped: /usr/bin/python3 cannot import h5py and matplotlib");
         return;
     }
-    const auto d = tmp_dir("plot");
+    const auto d = sweep_dir("plot");
     const auto file = synthetic_results(d);
     const std::string cmd = fmt::format("/usr/bin/python3 {}/scripts/plot_results.py {} --out-dir {} 2>&1",
                                         KVLAB_SOURCE_DIR, file.string(), (d / "png").string());
