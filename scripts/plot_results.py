@@ -11,6 +11,9 @@ prints their paths:
                      it (MQAR), else val_loss.
   <stem>_curves.png  train/loss and eval/loss (and eval/accuracy when logged) against step,
                      one line per run, one colour per variant; failed runs dashed.
+  <stem>_capacity.png  only when the runs differ in data.num_kv_pairs (MQAR): capability
+                     against the number of key-value pairs, one line per variant (mean ±
+                     sample std over seeds), labelled with its KV-cache elements per token.
 
 Variants are grouped like `kvlab report`: the run's resolved config without seed, threads,
 name and output path; the attention plugin's own dimensions come from the run's params/
@@ -32,7 +35,7 @@ import matplotlib.ticker  # noqa: E402
 # Model hyper-parameters every plugin shares; the rest of params/ attrs are the plugin's own.
 COMMON_MODEL = {"vocab_size", "d_model", "n_layers", "n_heads", "head_dim", "mlp_hidden", "rope_theta",
                 "norm_eps", "tie_embeddings", "attention", "format_version"}
-IGNORED = {"seed", "name", "train.threads", "output.path"}
+IGNORED = {"seed", "name", "train.threads", "output.path", "train.checkpoint_every"}
 
 
 def text(v):
@@ -89,10 +92,12 @@ def read_runs(path):
     return runs
 
 
-def variant_keys(runs):
-    """A grouping key and a readable label per run (same key = same variant, seeds aside)."""
+def variant_keys(runs, ignore=()):
+    """A grouping key and a readable label per run (same key = same variant, seeds aside);
+    config keys in `ignore` do not tell variants apart either."""
     def defining(r):
-        c = {k: v for k, v in r["config"].items() if k not in IGNORED and not k.startswith("model.")}
+        c = {k: v for k, v in r["config"].items()
+             if k not in IGNORED and k not in ignore and not k.startswith("model.")}
         c["model.attention"] = r["attrs"].get("attention", r["config"].get("model.attention", "?"))
         for k in ("d_model", "n_layers", "n_heads", "head_dim", "mlp_hidden"):
             c["model." + k] = r["config"].get("model." + k, "")
@@ -154,6 +159,43 @@ def plot_pareto(runs, keys, out_path):
     plt.close(fig)
 
 
+def plot_capacity(runs, out_path):
+    """Capability against data.num_kv_pairs, one line per variant (seq_len follows the pairs)."""
+    keys = variant_keys(runs, ignore=("data.num_kv_pairs", "data.seq_len"))
+    done = [(r, k) for r, k in zip(runs, keys) if r["status"] == "completed"]
+    use_acc = any("val_accuracy" in r["final"] for r, _ in done)
+    metric = "val_accuracy" if use_acc else "val_loss"
+    groups = {}
+    for r, (key, label) in done:
+        pairs = r["config"].get("data.num_kv_pairs")
+        if metric not in r["final"] or pairs is None:
+            continue
+        cache = int(float(r["attrs"].get("kv_cache_elements_per_token", 0)))
+        lab, by_pairs = groups.setdefault(key, (f"{label} [{cache} KV elements/token]", {}))
+        by_pairs.setdefault(int(pairs), []).append(float(r["final"][metric]))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for label, by_pairs in groups.values():
+        xs = sorted(by_pairs)
+        stats = [mean_std(by_pairs[x]) for x in xs]
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", ms=5, capsize=4, lw=1.2,
+                    label=f"{label} (n={min(len(v) for v in by_pairs.values())}-{max(len(v) for v in by_pairs.values())})")
+        for x in xs:
+            ax.scatter([x] * len(by_pairs[x]), by_pairs[x], s=10, alpha=0.3, color=ax.lines[-1].get_color())
+    ax.set_xscale("log", base=2)
+    ticks = sorted({x for _, bp in groups.values() for x in bp})
+    if ticks:
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("key-value pairs per sequence (data.num_kv_pairs, log scale)")
+    ax.set_ylabel(metric.replace("_", " ") + (" (higher is better)" if use_acc else " (lower is better)"))
+    ax.set_title("recall capacity: capability vs number of key-value pairs (mean ± std over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    fig.savefig(out_path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 def plot_curves(runs, keys, out_path):
     has_acc = any(len(r["series"].get("eval/accuracy", [])) for r in runs)
     panels = [("train/loss", "train loss"), ("eval/loss", "eval loss")] + ([("eval/accuracy", "eval accuracy")]
@@ -206,6 +248,10 @@ def main():
     plot_curves(runs, keys, curves)
     print(pareto)
     print(curves)
+    if len({r["config"].get("data.num_kv_pairs") for r in runs if r["config"]} - {None}) > 1:
+        capacity = os.path.join(out_dir, f"{stem}_capacity.png")
+        plot_capacity(runs, capacity)
+        print(capacity)
 
 
 if __name__ == "__main__":

@@ -311,6 +311,7 @@ TEST_CASE("plot_results.py writes the Pareto and curve PNGs") {
     CHECK(std::system(cmd.c_str()) == 0);
     CHECK(fs::file_size(d / "png" / "syn_pareto.png") > 1000);
     CHECK(fs::file_size(d / "png" / "syn_curves.png") > 1000);
+    CHECK_FALSE(fs::exists(d / "png" / "syn_capacity.png"));   // one num_kv_pairs only
 
     // A file without runs is a clear error.
     const auto empty = d / "empty.h5";
@@ -322,4 +323,36 @@ TEST_CASE("plot_results.py writes the Pareto and curve PNGs") {
     std::stringstream s;
     s << in.rdbuf();
     CHECK(s.str().find("has no runs") != std::string::npos);
+}
+
+TEST_CASE("plot_results.py draws capability against the number of key-value pairs when a sweep varies it") {
+    if (std::system("/usr/bin/python3 -c 'import h5py, matplotlib' >/dev/null 2>&1") != 0) {
+        MESSAGE("skipped: /usr/bin/python3 cannot import h5py and matplotlib");
+        return;
+    }
+    const auto d = sweep_dir("capacity");
+    const fs::path out = d / "cap.h5";
+    const std::string base = tiny_config(out, 10, "");
+    for (const std::string attention : {"mha", "gqa"})
+        for (int pairs : {2, 3})
+            for (int seed : {0, 1}) {
+                const auto cfg = load_config_text(base, "<test>",
+                                                  {{"model.attention", attention},
+                                                   {"data.num_kv_pairs", std::to_string(pairs)},
+                                                   {"seed", std::to_string(seed)}});
+                RunLogger log(out.string(), fmt::format("{}_p{}_s{}", attention, pairs, seed));
+                log.begin_run(cfg.resolved_yaml, attention,
+                              {{"seed", int64_t(seed)}, {"kv_cache_elements_per_token", int64_t(attention == "mha" ? 32 : 16)}});
+                log.log_train(1, 3.0, 1e-3);
+                log.log_eval(1, 2.0, 0.5);
+                ParamSet p;
+                p.attrs = {{"attention", attention}};
+                log.end_run({{"val_loss", 2.0}, {"val_bits_per_byte", 2.0 / std::log(2.0)},
+                             {"val_accuracy", 1.0 / pairs - 0.01 * seed}},
+                            p);
+            }
+    const std::string cmd = fmt::format("/usr/bin/python3 {}/scripts/plot_results.py {} --out-dir {} 2>&1",
+                                        KVLAB_SOURCE_DIR, out.string(), (d / "png").string());
+    CHECK(std::system(cmd.c_str()) == 0);
+    CHECK(fs::file_size(d / "png" / "cap_capacity.png") > 1000);
 }

@@ -41,10 +41,12 @@ std::optional<T> attr(const Attrs& attrs, const std::string& name) {
     return std::nullopt;
 }
 
-// Keys that do not distinguish variants: seeds and learning rates are aggregated over,
-// threads and names do not change what is measured.
+// Keys that do not distinguish variants: seeds and learning rates are aggregated over;
+// threads, names and checkpointing (a resumed run ends as an uninterrupted one) do not
+// change what is measured.
 bool ignored_key(const std::string& k) {
-    return k == "seed" || k == "train.lr" || k == "train.threads" || k == "name" || k == "output.path";
+    return k == "seed" || k == "train.lr" || k == "train.threads" || k == "name" || k == "output.path" ||
+           k == "train.checkpoint_every";
 }
 
 bool plugin_key_of_other(const std::string& key, const std::string& attention) {
