@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 namespace kvlab::cli {
@@ -74,6 +76,25 @@ ExperimentConfig load(const Args& a, const std::string& cmd, bool allow_default)
     if (cmd != "cache-table")
         for (const auto& e : check_memory(cfg)) throw Error(fmt::format("{}: {}", a.positional[0], e.what()));
     return cfg;
+}
+
+int64_t int_opt(const Args& a, const std::string& key, int64_t fallback, int64_t lo, int64_t hi, const std::string& cmd) {
+    const double v = a.num(key, static_cast<double>(fallback));
+    if (v != std::floor(v) || v < static_cast<double>(lo) || v > static_cast<double>(hi))
+        throw Error(fmt::format("--{} must be an integer in {}..{}, got {} (see: kvlab {} --help)", key, lo, hi,
+                                a.opt(key), cmd));
+    return static_cast<int64_t>(v);
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+    std::vector<std::string> out;
+    size_t start = 0;
+    while (start <= s.size()) {
+        const size_t end = std::min(s.find(',', start), s.size());
+        if (end > start) out.push_back(s.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
 }
 
 }  // namespace kvlab::cli

@@ -36,6 +36,11 @@ struct Args {
 Args parse_args(int argc, char** argv, int first, const std::set<std::string>& valued,
                 const std::set<std::string>& flags, const std::string& cmd);
 bool wants_help(int argc, char** argv, int first);
+// An integer option in [lo, hi] (fallback when absent); anything else is an Error naming
+// the option and pointing at `kvlab CMD --help`.
+int64_t int_opt(const Args& a, const std::string& key, int64_t fallback, int64_t lo, int64_t hi, const std::string& cmd);
+// "a,b,,c" -> {a, b, c}: a comma-separated list, empty items dropped.
+std::vector<std::string> split_list(const std::string& s);
 // The config named by the single positional (with --set overrides); without one, the
 // embedded default when allow_default, else an Error.
 ExperimentConfig load(const Args& a, const std::string& cmd, bool allow_default);

@@ -102,26 +102,6 @@ Every table row carries its thread count; the CPU and the GEMM backend head ever
 Timings on a shared machine are noisy: the load average is printed before each part.
 )";
 
-// An integer option in [lo, hi]; anything else is an Error naming the option.
-int64_t int_opt(const Args& a, const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
-    const double v = a.num(key, static_cast<double>(fallback));
-    if (v != std::floor(v) || v < static_cast<double>(lo) || v > static_cast<double>(hi))
-        throw Error(fmt::format("--{} must be an integer in {}..{}, got {} (see: kvlab bench --help)", key, lo, hi,
-                                a.opt(key)));
-    return static_cast<int64_t>(v);
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    while (start <= s.size()) {
-        const size_t end = std::min(s.find(',', start), s.size());
-        if (end > start) out.push_back(s.substr(start, end - start));
-        start = end + 1;
-    }
-    return out;
-}
-
 std::vector<int> int_list(const Args& a, const std::string& key, const std::string& fallback, int lo, int hi) {
     std::vector<int> out;
     for (const auto& s : split_list(a.opt(key, fallback))) {
@@ -484,7 +464,7 @@ int cmd_bench(int argc, char** argv) {
                 throw Error(fmt::format("--plugins: {}", e.what()));
             }
     const auto threads = int_list(a, "threads", "1,2", 1, 1024);
-    const int steps = static_cast<int>(int_opt(a, "steps", 10, 1, 100000));
+    const int steps = static_cast<int>(int_opt(a, "steps", 10, 1, 100000, "bench"));
 
     if (a.flag("memory-probe")) {   // hidden: the child process of the memory part
         KV_CHECK(models.size() == 1 && plugins.size() == 1 && threads.size() == 1, "memory probe: one of each");
@@ -498,8 +478,8 @@ int cmd_bench(int argc, char** argv) {
         parts.insert(p);
     }
     const auto contexts = int_list(a, "decode-contexts", "256,512,1024,2048,4096", 1, 1 << 20);
-    const int dsteps = static_cast<int>(int_opt(a, "decode-steps", 32, 1, 1 << 20));
-    const int drepeats = static_cast<int>(int_opt(a, "decode-repeats", 5, 1, 1000));
+    const int dsteps = static_cast<int>(int_opt(a, "decode-steps", 32, 1, 1 << 20, "bench"));
+    const int drepeats = static_cast<int>(int_opt(a, "decode-repeats", 5, 1, 1000, "bench"));
     for (int c : contexts)
         if (c < dsteps) throw Error(fmt::format("--decode-contexts: {} is below --decode-steps {}", c, dsteps));
     const std::string out = a.opt("out");

@@ -30,26 +30,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// An integer option in [lo, hi]; anything else is an Error naming the option.
-int64_t int_opt(const Args& a, const std::string& key, int64_t fallback, int64_t lo, int64_t hi, const char* cmd) {
-    const double v = a.num(key, static_cast<double>(fallback));
-    if (v != std::floor(v) || v < static_cast<double>(lo) || v > static_cast<double>(hi))
-        throw Error(fmt::format("--{} must be an integer in {}..{}, got {} (see: kvlab {} --help)", key, lo, hi,
-                                a.opt(key), cmd));
-    return static_cast<int64_t>(v);
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-    std::vector<std::string> out;
-    size_t start = 0;
-    while (start <= s.size()) {
-        const size_t end = std::min(s.find(',', start), s.size());
-        if (end > start) out.push_back(s.substr(start, end - start));
-        start = end + 1;
-    }
-    return out;
-}
-
 // 1966080 → "1,966,080"
 std::string grouped(int64_t v) {
     const std::string digits = std::to_string(v < 0 ? -v : v);

@@ -26,14 +26,6 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-int64_t int_arg(const Args& a, const std::string& key, int64_t fallback, int64_t lo, int64_t hi, const char* cmd) {
-    const double v = a.num(key, static_cast<double>(fallback));
-    if (v != std::floor(v) || v < static_cast<double>(lo) || v > static_cast<double>(hi))
-        throw Error(fmt::format("--{} must be an integer in {}..{}, got {} (see: kvlab {} --help)", key, lo, hi,
-                                a.opt(key), cmd));
-    return static_cast<int64_t>(v);
-}
-
 // "FILE:/path" -> {FILE, /path}; {spec, ""} without ":/".
 std::pair<std::string, std::string> split_spec(const std::string& spec) {
     const auto pos = spec.find(":/");
@@ -77,9 +69,9 @@ int cmd_approx(int argc, char** argv) {
         throw Error(fmt::format("name the dataset to approximate: {}:/path/to/dataset", a.positional[0]));
     const std::string out = a.positional[1], method = a.opt("method", "svd");
     if (a.opt("rank").empty()) throw Error("--rank K is required (see: kvlab approx --help)");
-    const int k = static_cast<int>(int_arg(a, "rank", 0, 1, std::numeric_limits<int>::max(), "approx"));
-    const auto seed = static_cast<uint64_t>(int_arg(a, "seed", 0, 0, int64_t{1} << 53, "approx"));
-    const int threads = set_threads(static_cast<int>(int_arg(a, "threads", 0, 0, 1024, "approx")));
+    const int k = static_cast<int>(int_opt(a, "rank", 0, 1, std::numeric_limits<int>::max(), "approx"));
+    const auto seed = static_cast<uint64_t>(int_opt(a, "seed", 0, 0, int64_t{1} << 53, "approx"));
+    const int threads = set_threads(static_cast<int>(int_opt(a, "threads", 0, 0, 1024, "approx")));
     const LowRankOptions options = parse_lowrank_options(a.opt("options"));
     auto approx = make_lowrank(method, options);   // Error for an unknown method or option, before any work
 
@@ -177,17 +169,17 @@ int cmd_compress(int argc, char** argv) {
     if (out.empty()) throw Error("--out OUT.h5 is required (see: kvlab compress --help)");
     if (a.opt("rank").empty()) throw Error("--rank R is required (see: kvlab compress --help)");
     CompressOptions opt;
-    opt.rank = static_cast<int>(int_arg(a, "rank", 0, 1, std::numeric_limits<int>::max(), "compress"));
+    opt.rank = static_cast<int>(int_opt(a, "rank", 0, 1, std::numeric_limits<int>::max(), "compress"));
     opt.method = a.opt("method", "svd");
     opt.method_options = parse_lowrank_options(a.opt("options"));
-    opt.seed = static_cast<uint64_t>(int_arg(a, "seed", 0, 0, int64_t{1} << 53, "compress"));
+    opt.seed = static_cast<uint64_t>(int_opt(a, "seed", 0, 0, int64_t{1} << 53, "compress"));
     opt.data_aware = a.flag("data-aware");
     opt.ridge = a.num("ridge", opt.ridge);
     if (!(opt.ridge > 0) || !std::isfinite(opt.ridge))
         throw Error(fmt::format("--ridge must be > 0, got {}", a.opt("ridge")));
-    const int calib_batches = static_cast<int>(int_arg(a, "calib-batches", 8, 1, 1 << 20, "compress"));
-    const int eval_batches = static_cast<int>(int_arg(a, "eval-batches", 8, 0, 1 << 20, "compress"));
-    const int threads = set_threads(static_cast<int>(int_arg(a, "threads", 0, 0, 1024, "compress")));
+    const int calib_batches = static_cast<int>(int_opt(a, "calib-batches", 8, 1, 1 << 20, "compress"));
+    const int eval_batches = static_cast<int>(int_opt(a, "eval-batches", 8, 0, 1 << 20, "compress"));
+    const int threads = set_threads(static_cast<int>(int_opt(a, "threads", 0, 0, 1024, "compress")));
     make_lowrank(opt.method, opt.method_options);   // Error for an unknown method or option, before any work
 
     CheckpointSource src = read_checkpoint(a.positional[0]);

@@ -125,6 +125,17 @@ def mean_std(xs):
     return m, s
 
 
+def label_log_ticks(ax, ticks, pad=None):
+    """Labels the x values that occur on a log axis as plain numbers (pad: margin factor)."""
+    if not ticks:
+        return
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if pad:
+        ax.set_xlim(min(ticks) / pad, max(ticks) * pad)
+
+
 def plot_pareto(runs, keys, out_path):
     done = [(r, k) for r, k in zip(runs, keys) if r["status"] == "completed"]
     use_acc = any("val_accuracy" in r["final"] for r, _ in done)
@@ -145,11 +156,7 @@ def plot_pareto(runs, keys, out_path):
         ax.annotate(label.split(" (")[0].split(",")[0], (xs[0], m), textcoords="offset points", xytext=(6, 6), fontsize=8, color=c)
     ax.set_xscale("log")
     ticks = sorted({p[0] for _, pts in groups.values() for p in pts})
-    if ticks:   # label the cache sizes that occur, as plain numbers
-        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlim(min(ticks) / 1.3, max(ticks) * 1.3)
+    label_log_ticks(ax, ticks, pad=1.3)
     ax.set_xlabel("KV-cache elements per token (all layers, log scale)")
     ax.set_ylabel(metric.replace("_", " ") + (" (higher is better)" if use_acc else " (lower is better)"))
     ax.set_title("capability vs KV-cache size (mean ± std over seeds)")
@@ -183,10 +190,7 @@ def plot_capacity(runs, out_path):
             ax.scatter([x] * len(by_pairs[x]), by_pairs[x], s=10, alpha=0.3, color=ax.lines[-1].get_color())
     ax.set_xscale("log", base=2)
     ticks = sorted({x for _, bp in groups.values() for x in bp})
-    if ticks:
-        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    label_log_ticks(ax, ticks)
     ax.set_xlabel("key-value pairs per sequence (data.num_kv_pairs, log scale)")
     ax.set_ylabel(metric.replace("_", " ") + (" (higher is better)" if use_acc else " (lower is better)"))
     ax.set_title("recall capacity: capability vs number of key-value pairs (mean ± std over seeds)")
