@@ -143,6 +143,7 @@ public:
     struct Cache final : DecodeCache {
         Mat K, V;                 // [max_T, G*dh]: the cached state
         Mat q, k, v, p, o;        // per-step scratch (not counted)
+        Rope<S> rope;             // cos/sin tables for positions 0..max_T-1 (the forward's values)
         int64_t bytes() const override { return static_cast<int64_t>((K.size() + V.size()) * sizeof(S)); }
     };
 
@@ -158,6 +159,8 @@ public:
         c->v.resize(1, G_ * dh_);
         c->p.resize(1, max_T);
         c->o.resize(1, H_ * dh_);
+        c->rope = rope_;
+        c->rope.ensure(max_T);
         return c;
     }
 
@@ -168,8 +171,8 @@ public:
         c.q.noalias() = x * W("wq", H * dh, D_).transpose();
         c.k.noalias() = x * W("wk", G * dh, D_).transpose();
         c.v.noalias() = x * W("wv", G * dh, D_).transpose();
-        rope_.apply(c.q.data(), H, t);
-        rope_.apply(c.k.data(), G, t);
+        c.rope.apply(c.q.data(), H, t);
+        c.rope.apply(c.k.data(), G, t);
         c.K.row(t) = c.k.row(0);
         c.V.row(t) = c.v.row(0);
         const S scale = S(1) / std::sqrt(S(dh));

@@ -281,6 +281,7 @@ public:
         Mat o;                         // [1, H*dh] concat_i(o_i)
         Mat kc_all, v_all;             // naive: [max_T, H*dh] decompressed keys and values
         Mat qcat, kcat, p;             // naive: [1, dk], [max_T, dk], [1, max_T]
+        Rope<S> rope;                  // cos/sin tables for positions 0..max_T-1 (the forward's values)
         int64_t bytes() const override { return static_cast<int64_t>((ckv.size() + kr.size()) * sizeof(S)); }
     };
 
@@ -310,6 +311,8 @@ public:
             c->s.resize(H, max_T);
             c->oabs.resize(H, dc_);
         }
+        c->rope = rope_;
+        c->rope.ensure(max_T);
         return c;
     }
 
@@ -345,8 +348,8 @@ public:
         auto kr_t = c.kr.row(t);                                             // [1, dR], appended to the cache
         kr_t.noalias() = x * w_kr_.W().transpose();
         // 2. RoPE at position t
-        rope_.apply(c.qr.data(), H, t);
-        rope_.apply(kr_t.data(), 1, t);
+        c.rope.apply(c.qr.data(), H, t);
+        c.rope.apply(kr_t.data(), 1, t);
         const auto C = c.ckv.topRows(n);                                     // [n, dc]
         const auto KR = c.kr.topRows(n);                                     // [n, dR]
         if (!c.naive) {
