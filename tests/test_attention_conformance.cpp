@@ -2,6 +2,8 @@
 // by adding its registry line. Tiny shapes: B=2, T=5, D=16, H=4.
 #include "support/harness.h"
 
+#include <omp.h>
+
 #include <set>
 
 using namespace kvlab;
@@ -106,6 +108,48 @@ TEST_CASE("every plugin's decode reproduces its forward, for each decode impleme
             }
         }
     }
+}
+
+// Decode shares its work out between OpenMP threads only above a size (ops::kParallelMatvec
+// elements per product, or per step of attention over the cache): at D = 128 and 160 cached
+// tokens every split path runs, and must give the forward's outputs and the one-thread ones.
+TEST_CASE("every plugin's decode reproduces its forward when its work is split between two threads") {
+    const int B = 1, T = 160;
+    const int saved = omp_get_max_threads();
+    for (auto c : all_cases()) {
+        c.cfg.d_model = 128;
+        c.cfg.head_dim = 32;
+        for (auto& [k, v] : c.cfg.plugin) {
+            if (k == "kv_lora_rank") v = 112;
+            if (k == "qk_rope_head_dim") v = 16;
+            if (k == "q_lora_rank" && v > 0) v = 96;
+            if (k == "latent_rank") v = 48;
+        }
+        PluginUnderTest<float> p(c.cfg, 21);
+        for (auto& w : p.theta) w *= 0.5f;   // D = 128: keep the scores in softmax's sensitive range
+        Rng rng(4);
+        Mat x = random_mat<float>(T, c.cfg.d_model, rng), out(T, c.cfg.d_model);
+        omp_set_num_threads(1);
+        p.attn->forward(B, T, x, out);
+        for (const auto& impl : p.attn->decode_impls()) {
+            CAPTURE(c.label);
+            CAPTURE(impl);
+            std::vector<Mat> per_threads;
+            for (int threads : {1, 2}) {
+                omp_set_num_threads(threads);
+                auto cache = p.attn->new_decode_cache(T, impl);
+                Mat o(1, c.cfg.d_model), all(T, c.cfg.d_model);
+                for (int t = 0; t < T; ++t) {
+                    p.attn->decode_step(*cache, x.row(t), o);
+                    all.row(t) = o;
+                }
+                CHECK(max_rel_diff(all, out) <= 1e-4);
+                per_threads.push_back(all);
+            }
+            CHECK(max_rel_diff(per_threads[1], per_threads[0]) <= 1e-5);
+        }
+    }
+    omp_set_num_threads(saved);
 }
 
 TEST_CASE("every plugin's decode cache allocates exactly its KV elements per token") {

@@ -140,9 +140,11 @@ public:
 
     int64_t kv_elements_per_token() const override { return 2LL * G_ * dh_; }
 
+    // Head-major: K and V hold, for each KV head j, its max_T rows [j·max_T, (j+1)·max_T),
+    // so a head's cached keys and values are contiguous.
     struct Cache final : DecodeCache {
-        Mat K, V;                 // [max_T, G*dh]: the cached state
-        Mat q, k, v, p, o;        // per-step scratch (not counted)
+        Mat K, V;                 // [G*max_T, dh]: the cached state
+        Mat q, k, v, p, o;        // per-step scratch (not counted); p [H, max_T]: a row per head
         Rope<S> rope;             // cos/sin tables for positions 0..max_T-1 (the forward's values)
         int64_t bytes() const override { return static_cast<int64_t>((K.size() + V.size()) * sizeof(S)); }
     };
@@ -152,36 +154,44 @@ public:
             throw Error(fmt::format("attention '{}' has no decode implementation '{}' (available: default)", name_, impl));
         auto c = std::make_unique<Cache>();
         c->max_T = max_T;
-        c->K.resize(max_T, G_ * dh_);
-        c->V.resize(max_T, G_ * dh_);
+        c->K.resize(static_cast<Eigen::Index>(G_) * max_T, dh_);
+        c->V.resize(static_cast<Eigen::Index>(G_) * max_T, dh_);
         c->q.resize(1, H_ * dh_);
         c->k.resize(1, G_ * dh_);
         c->v.resize(1, G_ * dh_);
-        c->p.resize(1, max_T);
+        c->p.resize(H_, max_T);
         c->o.resize(1, H_ * dh_);
         c->rope = rope_;
         c->rope.ensure(max_T);
         return c;
     }
 
+    // One token at position t: its q, k, v (matrix-vector products split across threads),
+    // then every query head attends over its KV head's t + 1 cached rows; with more than
+    // one thread and enough cached rows, the heads are shared out between the threads.
     void decode_step(DecodeCache& base, CRef x, Ref out) const override {
         auto& c = static_cast<Cache&>(base);
         KV_CHECK(c.length < c.max_T, "decode cache full ({} tokens)", c.max_T);
         const int t = c.length, H = H_, G = G_, dh = dh_, rep = H_ / G_;
-        c.q.noalias() = x * W("wq", H * dh, D_).transpose();
-        c.k.noalias() = x * W("wk", G * dh, D_).transpose();
-        c.v.noalias() = x * W("wv", G * dh, D_).transpose();
+        const Eigen::Index maxT = c.max_T;
+        ops::matvec_t(x, W("wq", H * dh, D_), c.q);
+        ops::matvec_t(x, W("wk", G * dh, D_), c.k);
+        ops::matvec_t(x, W("wv", G * dh, D_), c.v);
         c.rope.apply(c.q.data(), H, t);
         c.rope.apply(c.k.data(), G, t);
-        c.K.row(t) = c.k.row(0);
-        c.V.row(t) = c.v.row(0);
-        const S scale = S(1) / std::sqrt(S(dh));
-        for (int i = 0; i < H; ++i) {
-            const int j = i / rep;
-            sdpa_decode<S>(c.q.middleCols(i * dh, dh), c.K.block(0, j * dh, t + 1, dh), c.V.block(0, j * dh, t + 1, dh),
-                           scale, c.p.leftCols(t + 1), c.o.middleCols(i * dh, dh));
+        for (int j = 0; j < G; ++j) {
+            c.K.row(j * maxT + t) = c.k.middleCols(j * dh, dh);
+            c.V.row(j * maxT + t) = c.v.middleCols(j * dh, dh);
         }
-        out.noalias() = c.o * W("wo", D_, H * dh).transpose();
+        const S scale = S(1) / std::sqrt(S(dh));
+        const bool parallel = static_cast<int64_t>(t + 1) * dh * H >= ops::kParallelMatvec;
+#pragma omp parallel for schedule(static) if (parallel)
+        for (int i = 0; i < H; ++i) {
+            const Eigen::Index j0 = static_cast<Eigen::Index>(i / rep) * maxT;
+            sdpa_decode<S>(c.q.middleCols(i * dh, dh), c.K.middleRows(j0, t + 1), c.V.middleRows(j0, t + 1), scale,
+                           c.p.block(i, 0, 1, t + 1), c.o.middleCols(i * dh, dh));
+        }
+        ops::matvec_t(c.o, W("wo", D_, H * dh), out);
         ++c.length;
     }
 

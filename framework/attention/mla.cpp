@@ -38,6 +38,7 @@
 #include "attention/rope.h"
 #include "attention/sdpa.h"
 #include "config/experiment_config.h"
+#include "model/ops.h"
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -330,19 +331,19 @@ public:
         KV_CHECK(c.length < c.max_T, "decode cache full ({} tokens)", c.max_T);
         const int t = c.length, n = t + 1, H = H_, dh = dh_, dR = dR_;
         const S scale = S(1) / std::sqrt(S(dh + dR));
-        // 1. projections of this token (as forward)
+        // 1. projections of this token (as forward); matrix-vector products split across threads
         if (dcp_ > 0) {
-            c.cq.noalias() = x * w_dq_.W().transpose();                      // [1, dcp]
+            ops::matvec_t(x, w_dq_.W(), c.cq);                                 // [1, dcp]
             S rs;
             rmsnorm_forward<S>(c.cq, q_norm_.w, eps_, &rs, c.cq);            // c_Q (in place: x̂ ⊙ g)
-            c.qc.noalias() = c.cq * w_uq_.W().transpose();                   // [1, H*dh]
-            c.qr.noalias() = c.cq * w_qr_.W().transpose();                   // [1, H*dR]
+            ops::matvec_t(c.cq, w_uq_.W(), c.qc);                              // [1, H*dh]
+            ops::matvec_t(c.cq, w_qr_.W(), c.qr);                              // [1, H*dR]
         } else {
-            c.qc.noalias() = x * wq_.W().transpose();
-            c.qr.noalias() = x * w_qr_.W().transpose();
+            ops::matvec_t(x, wq_.W(), c.qc);
+            ops::matvec_t(x, w_qr_.W(), c.qr);
         }
         auto ckv_t = c.ckv.row(t);                                           // [1, dc], appended to the cache
-        ckv_t.noalias() = x * w_dkv_.W().transpose();
+        ops::matvec_t(x, w_dkv_.W(), ckv_t);
         S rs;
         rmsnorm_forward<S>(ckv_t, kv_norm_.w, eps_, &rs, ckv_t);
         auto kr_t = c.kr.row(t);                                             // [1, dR], appended to the cache
@@ -353,25 +354,38 @@ public:
         const auto C = c.ckv.topRows(n);                                     // [n, dc]
         const auto KR = c.kr.topRows(n);                                     // [n, dR]
         if (!c.naive) {
+            // With more than one thread and enough cached tokens, each step below is shared
+            // out: heads (3, softmax, 5b), cached tokens (4) or latent columns (5a).
+            const bool parallel = static_cast<int64_t>(n) * (dc_ + dR) >= ops::kParallelMatvec;
+            const int nt = parallel ? omp_get_max_threads() : 1;
             // 3. absorbed queries: q̃_i = qC_i · W_UK,i   ([1, dh]·[dh, dc] = [1, dc])
+#pragma omp parallel for schedule(static) num_threads(nt)
             for (int i = 0; i < H; ++i)
                 c.qabs.row(i).noalias() = c.qc.middleCols(i * dh, dh) * w_uk_.W().middleRows(i * dh, dh);
             // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale, softmax over t'
             const Eigen::Map<const Mat> qr_heads(c.qr.data(), H, dR);        // [H, dR]
             auto s = c.s.leftCols(n);                                        // [H, n]
-            s.noalias() = c.qabs * C.transpose();
-            s.noalias() += qr_heads * KR.transpose();
-            for (int i = 0; i < H; ++i) {
-                S mx = -std::numeric_limits<S>::infinity();
-                for (int j = 0; j < n; ++j) mx = std::max(mx, s(i, j) * scale);
-                S sum = 0;
-                for (int j = 0; j < n; ++j) sum += (s(i, j) = std::exp(s(i, j) * scale - mx));
-                s.row(i) /= sum;
+#pragma omp parallel num_threads(nt)
+            {
+                const int k = omp_get_thread_num(), m = omp_get_num_threads();
+                const Eigen::Index a = Eigen::Index(n) * k / m, b = Eigen::Index(n) * (k + 1) / m;
+                if (b > a) {
+                    s.middleCols(a, b - a).noalias() = c.qabs * C.middleRows(a, b - a).transpose();
+                    s.middleCols(a, b - a).noalias() += qr_heads * KR.middleRows(a, b - a).transpose();
+                }
+#pragma omp barrier
+#pragma omp for schedule(static)
+                for (int i = 0; i < H; ++i) softmax_scaled_row(&c.s(i, 0), n, scale);
+                // 5a. õ_i = p_i · C_KV  ([1, n]·[n, dc]), a block of the dc latent columns each
+                const Eigen::Index ca = Eigen::Index(dc_) * k / m, cb = Eigen::Index(dc_) * (k + 1) / m;
+                if (cb > ca) c.oabs.middleCols(ca, cb - ca).noalias() = s * C.middleCols(ca, cb - ca);
+#pragma omp barrier
+                // 5b. o_i = õ_i · W_UV,iᵀ  ([1, dc]·[dc, dh])
+#pragma omp for schedule(static)
+                for (int i = 0; i < H; ++i)
+                    c.o.middleCols(i * dh, dh).noalias() =
+                        c.oabs.row(i) * w_uv_.W().middleRows(i * dh, dh).transpose();
             }
-            // 5. õ_i = p_i · C_KV  ([1, n]·[n, dc]);  o_i = õ_i · W_UV,iᵀ  ([1, dc]·[dc, dh])
-            c.oabs.noalias() = s * C;                                        // [H, dc]
-            for (int i = 0; i < H; ++i)
-                c.o.middleCols(i * dh, dh).noalias() = c.oabs.row(i) * w_uv_.W().middleRows(i * dh, dh).transpose();
         } else {
             // 3. decompress every cached token: kC = C_KV w_ukᵀ, V = C_KV w_uvᵀ   [n, H*dh] each
             c.kc_all.topRows(n).noalias() = C * w_uk_.W().transpose();
@@ -387,7 +401,7 @@ public:
             }
         }
         // 6. output projection
-        out.noalias() = c.o * wo_.W().transpose();                           // [1, D]
+        ops::matvec_t(c.o, wo_.W(), out);                                    // [1, D]
         ++c.length;
     }
 

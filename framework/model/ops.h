@@ -12,6 +12,8 @@ namespace kvlab {
 inline constexpr Eigen::Index kParallelRows = 32;
 }  // namespace kvlab
 
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -153,6 +155,29 @@ void add_weight_grad(CRefT<S> A, CRefT<S> B, MapT<S> dW, ColMatT<S>& scratch) {
     scratch.resize(A.cols(), B.cols());   // no allocation once sized
     scratch.noalias() = A.transpose() * B;
     dW += scratch;
+}
+
+// Decoding's matrix-vector products: out [1, R] = x [1, C] · Wᵀ, W [R, C] row-major. They
+// are memory-bound (each weight is read once per token), so with more than one OpenMP
+// thread and a W of at least kParallelMatvec elements every thread takes its own block of
+// W's rows: one fork/join per product, and each thread streams its share of W. Every
+// output element is the same dot product whichever block it falls in.
+inline constexpr Eigen::Index kParallelMatvec = 16384;
+
+template <class X, class W, class O>
+void matvec_t(const X& x, const W& w, O&& out) {
+    const Eigen::Index R = w.rows();
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt == 1 || w.size() < kParallelMatvec) {
+        out.noalias() = x * w.transpose();
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const Eigen::Index a = R * t / n, b = R * (t + 1) / n;
+        if (b > a) out.middleCols(a, b - a).noalias() = x * w.middleRows(a, b - a).transpose();
+    }
 }
 
 }  // namespace kvlab::ops

@@ -363,14 +363,14 @@ void Transformer<S>::decode_step(DecodeState& st, int32_t token, S* logits_out) 
         attn_[l]->decode_step(*st.layers[l], dec_xn_, dec_tmp_);
         dec_h_ = dec_x_ + dec_tmp_;
         ops::rmsnorm_forward<S>(dec_h_, Ly.mlp_norm, cfg_.norm_eps, dec_xn_, &r);
-        dec_ab_.noalias() = dec_xn_ * CMapT<S>(Ly.w_gate, 2 * F_, D_).transpose();
+        ops::matvec_t(dec_xn_, CMapT<S>(Ly.w_gate, 2 * F_, D_), dec_ab_);
         ops::swiglu_forward<S>(dec_ab_.leftCols(F_), dec_ab_.rightCols(F_), dec_hmid_);
-        dec_x_ = dec_h_;
-        dec_x_.noalias() += dec_hmid_ * CMapT<S>(Ly.w_down, D_, F_).transpose();
+        ops::matvec_t(dec_hmid_, CMapT<S>(Ly.w_down, D_, F_), dec_tmp_);
+        dec_x_ = dec_h_ + dec_tmp_;
     }
     ops::rmsnorm_forward<S>(dec_x_, p("final_norm"), cfg_.norm_eps, dec_xn_, &r);
     const S* lm = cfg_.tie_embeddings ? p("embed") : p("lm_head");
-    MapT<S>(logits_out, 1, V_).noalias() = dec_xn_ * CMapT<S>(lm, V_, D_).transpose();
+    ops::matvec_t(dec_xn_, CMapT<S>(lm, V_, D_), MapT<S>(logits_out, 1, V_));
 }
 
 template class Transformer<float>;
