@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (build-fuzz/, independent of the GCC build) and
+# Builds the libFuzzer targets with clang (build-san/, shared with scripts/test_sanitize.sh) and
 # fuzzes each for a share of SECONDS (default 60: 30 s per target), starting from the seed
-# corpus in tests/fuzz/corpus/<target>/ (copied; new inputs stay in build-fuzz/corpus/).
+# corpus in tests/fuzz/corpus/<target>/ (copied; new inputs stay in build-san/corpus/).
 #   bash scripts/fuzz.sh [SECONDS] [TARGET...]       targets: fuzz_config fuzz_checkpoint
 # A crash, sanitizer report, timeout (10 s) or out-of-memory (2 GiB) fails the script and
-# leaves the input in build-fuzz/artifacts/<target>/, except crashes whose stack reaches
+# leaves the input in build-san/artifacts/<target>/, except crashes whose stack reaches
 # libhdf5 before any kvlab frame: libhdf5 is not hardened against malformed files, and
 # those are counted as known (README, "Fuzzing"), printed, and fuzzing goes on.
-# Reproduce one input: build-fuzz/<target> FILE
+# Reproduce one input: build-san/<target> FILE
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-60}
@@ -15,13 +15,9 @@ shift || true
 targets=("$@")
 ((${#targets[@]})) || targets=(fuzz_config fuzz_checkpoint)
 bash scripts/install_deps.sh
-export CCACHE_BASEDIR="$(pwd)"
-CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Release -DKVLAB_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
+source scripts/sanitize_env.sh
+cmake --build build-san -j"$(nproc)" --target "${targets[@]}"
 
-export ASAN_OPTIONS="halt_on_error=1:detect_leaks=1"
-export LSAN_OPTIONS="suppressions=$(pwd)/scripts/lsan.supp:print_suppressions=0"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 # The first stack frame in libhdf5 or in kvlab's own code decides whose crash it is.
 first_owner() {
   awk '/^ *#[0-9]+ / { if ($0 ~ /libhdf5/) { print "libhdf5"; exit } if ($0 ~ /(framework|experiments|tests\/fuzz)\//) { print "kvlab"; exit } }' "$1"
@@ -29,7 +25,7 @@ first_owner() {
 status=0
 per_target=$((total / ${#targets[@]}))
 for t in "${targets[@]}"; do
-  corpus=build-fuzz/corpus/$t artifacts=build-fuzz/artifacts/$t/
+  corpus=build-san/corpus/$t artifacts=build-san/artifacts/$t/
   mkdir -p "$corpus" "$artifacts"
   cp -n tests/fuzz/corpus/$t/* "$corpus"/ 2>/dev/null || true
   case $t in
@@ -38,8 +34,8 @@ for t in "${targets[@]}"; do
   esac
   deadline=$((SECONDS + per_target)) known=0
   while ((SECONDS < deadline)); do
-    log=build-fuzz/$t.log
-    if ./build-fuzz/$t "$corpus" -max_total_time=$((deadline - SECONDS)) -max_len=$max_len -timeout=10 \
+    log=build-san/$t.log
+    if ./build-san/$t "$corpus" -max_total_time=$((deadline - SECONDS)) -max_len=$max_len -timeout=10 \
          -rss_limit_mb=2048 -artifact_prefix="$artifacts" -print_final_stats=1 >"$log" 2>&1; then
       break
     fi
@@ -56,6 +52,6 @@ for t in "${targets[@]}"; do
     status=1
     break
   done
-  echo "$t: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' build-fuzz/$t.log || echo "?") inputs, $known known libhdf5 crash(es)"
+  echo "$t: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' build-san/$t.log || echo "?") inputs, $known known libhdf5 crash(es)"
 done
 exit $status

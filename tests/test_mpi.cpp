@@ -96,7 +96,8 @@ TEST_CASE("a sweep over 2 MPI ranks writes the results file a serial sweep write
     const auto a = by_id(read_runs((d / "serial.h5").string())), b = by_id(read_runs((d / "r.h5").string()));
     REQUIRE(a.size() == 4);
     REQUIRE(b.size() == 4);
-    for (const auto& [id, ra] : a) {
+    for (const auto& [run_id, ra] : a) {
+        const std::string& id = run_id;   // (clang 14 cannot capture a structured binding)
         CAPTURE(id);
         REQUIRE(b.count(id) == 1);
         const auto& rb = b.at(id);
@@ -234,7 +235,8 @@ TEST_CASE("a failing point of a sweep over 2 MPI ranks is recorded as failed whi
     CHECK(r.output.find("lr-1.0e6: ") != std::string::npos);
     const auto runs = by_id(read_runs((d / "r.h5").string()));
     REQUIRE(runs.size() == 4);
-    for (const auto& [id, run] : runs) {
+    for (const auto& [run_id, run] : runs) {
+        const std::string& id = run_id;   // (clang 14 cannot capture a structured binding)
         CAPTURE(id);
         std::string status, error;
         for (const auto& [k, v] : run.attrs) {

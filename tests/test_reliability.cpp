@@ -400,7 +400,8 @@ TEST_CASE("SIGTERM to a sweep reaches its workers: running points are recorded i
     CHECK(WEXITSTATUS(st) == 143);
     const auto runs = open_results(out);
     CHECK(runs.size() == 2);
-    for (const auto& [id, run] : runs) {
+    for (const auto& [run_id, run] : runs) {
+        const std::string& id = run_id;   // (clang 14 cannot capture a structured binding)
         CAPTURE(id);
         CHECK(text_attr(run.attrs, "status") == "interrupted");
         CHECK(text_attr(run.attrs, "interrupted_by") == "SIGTERM");
