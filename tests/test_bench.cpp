@@ -74,9 +74,9 @@ TEST_CASE("kvlab bench writes its four tables, with the model FLOPs and cache by
                                          out));
     INFO(r.output);
     REQUIRE(r.status == 0);
-    CHECK(r.output.find("GEMM peak, 1 thread(s)") != std::string::npos);
+    CHECK(r.output.find("GEMM peak (best of all rows, either library), 1 thread(s)") != std::string::npos);
 
-    // GEMM: the square shape plus the small model's, at 1 thread.
+    // GEMM: the square shape plus the small model's, at 1 thread, then the system BLAS.
     const Table g = read_table(out, "/bench/gemm");
     const auto& shape = column<std::string>(g, "shape");
     const auto& gm = column<int64_t>(g, "m");
@@ -99,6 +99,7 @@ TEST_CASE("kvlab bench writes its four tables, with the model FLOPs and cache by
         }
         peak = std::max(peak, best[i]);
     }
+    CHECK(shape.back() == "system BLAS sgemm 1024^3");
 
     // Training: one row per plugin; FLOPs and parameters as worked out above.
     const Table t = read_table(out, "/bench/train");
