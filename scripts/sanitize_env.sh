@@ -1,6 +1,9 @@
 # Sourced by scripts/test_sanitize.sh and scripts/fuzz.sh: configures build-san/ (clang 14,
 # ASan + UBSan + the libFuzzer targets) and sets the sanitizers' run-time options.
 export CCACHE_BASEDIR="$(pwd)"
+# -g1 puts the build folder into the objects' debug info, and ccache then keys on it; without
+# that, a clone elsewhere reuses the cache (its stack traces name the first build's folder).
+export CCACHE_NOHASHDIR=1
 if [ ! -f build-san/CMakeCache.txt ]; then
   CC=clang-14 CXX=clang++-14 cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Release -DKVLAB_FUZZ=ON >/dev/null
 else
