@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -93,18 +94,47 @@ std::string line_col(const std::string& text, size_t offset) {
     return fmt::format("{}:{}", line, col);
 }
 
+// Where each document starts, and nothing else: for counting documents.
+struct DocumentStarts final : YAML::EventHandler {
+    std::vector<YAML::Mark> marks;
+    void OnDocumentStart(const YAML::Mark& mark) override { marks.push_back(mark); }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+};
+
 // One YAML document. The text must be UTF-8 (YAML readers disagree on anything else) and
 // hold a single document: a second one after "---" would otherwise be ignored silently.
+// Documents are counted by a parser that stops at the second one, not by YAML::LoadAll:
+// yaml-cpp 0.7's LoadAll never returns when a document starts with a ',' (the text's
+// first token, or one after a complete top-level node), because its parser then yields an
+// empty document at that same place forever (found by fuzzing: the file ",").
 YAML::Node parse_yaml(const std::string& text, const std::string& where_prefix) {
     if (const int64_t bad = first_invalid_utf8(text); bad >= 0)
         throw Error(fmt::format("{}:{}: not UTF-8 text (invalid byte 0x{:02x} at offset {})", where_prefix,
                                 line_col(text, static_cast<size_t>(bad)), static_cast<uint8_t>(text[bad]), bad));
     try {
-        std::vector<YAML::Node> docs = YAML::LoadAll(text);
-        if (docs.size() > 1)
+        std::istringstream in(text);
+        YAML::Parser parser(in);
+        DocumentStarts starts;
+        while (starts.marks.size() < 2 && parser.HandleNextDocument(starts)) {
+        }
+        if (starts.marks.size() == 2) {
+            const YAML::Mark& m = starts.marks[1];
+            const bool stuck = m.pos == starts.marks[0].pos;
+            const char c = m.pos >= 0 && static_cast<size_t>(m.pos) < text.size() ? text[m.pos] : '?';
+            if (stuck || c == ',')
+                throw Error(fmt::format("{}:{}:{}: invalid YAML: unexpected '{}' where a value should start",
+                                        where_prefix, m.line + 1, m.column + 1, c));
             throw Error(fmt::format("{}:{}:{}: a second YAML document (after \"---\"); a config is one document",
-                                    where_prefix, docs[1].Mark().line + 1, docs[1].Mark().column + 1));
-        return docs.empty() ? YAML::Node() : docs.front();
+                                    where_prefix, m.line + 1, m.column + 1));
+        }
+        return starts.marks.empty() ? YAML::Node() : YAML::Load(text);
     } catch (const YAML::DeepRecursion& e) {
         throw Error(fmt::format("{}:{}:{}: invalid YAML: nested more than {} levels deep", where_prefix, e.mark.line + 1,
                                 e.mark.column + 1, e.depth() - 1));
