@@ -200,7 +200,7 @@ TEST_CASE("a merge killed at any moment leaves the old or the new results file, 
     const int n_parts = 12;
     for (int i = 0; i < n_parts; ++i) write_part(d / fmt::format("p{}.h5", i), fmt::format("run{}", i), 20000);
     std::set<std::string> seen;   // completed runs never disappear
-    int next = 0;
+    int next = 0, slow = 1;
     for (int round = 0; next < n_parts && round < 25; ++round) {
         const pid_t pid = fork();
         REQUIRE(pid >= 0);
@@ -214,19 +214,25 @@ TEST_CASE("a merge killed at any moment leaves the old or the new results file, 
                 _exit(1);
             }
         }
-        // Kill at a different moment each round (1 to 150 ms in; a merge takes a few ms).
-        std::this_thread::sleep_for(std::chrono::microseconds(1000 + (round * 37117) % 149000));
+        // Kill at a different moment each round (1 to 150 ms in; a merge takes a few ms),
+        // later by 2× after each round that completed no merge (a slow, sanitized or
+        // loaded machine), so that the kills also land between and after merges.
+        std::this_thread::sleep_for(std::chrono::microseconds(slow * (1000 + (round * 37117) % 149000)));
         kill(pid, SIGKILL);
         int st = 0;
         waitpid(pid, &st, 0);
         CHECK((WIFSIGNALED(st) || (WIFEXITED(st) && WEXITSTATUS(st) == 0)));
-        if (!fs::exists(dst)) continue;
+        if (!fs::exists(dst)) {
+            if (slow < 64) slow *= 2;
+            continue;
+        }
         const auto runs = open_results(dst);
         std::set<std::string> ids;
         for (const auto& [id, r] : runs) ids.insert(id);
         for (const auto& id : seen) CHECK_MESSAGE(ids.count(id), id, " was lost");
         // Merges run in order: the file holds run0..run{k-1} for some k.
         for (int i = 0; i < int(ids.size()); ++i) CHECK(ids.count(fmt::format("run{}", i)));
+        if (int(ids.size()) == next && slow < 64) slow *= 2;
         seen = ids;
         next = int(ids.size());
     }

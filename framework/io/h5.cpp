@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -547,8 +549,32 @@ std::vector<int64_t> Dataset::shape() const {
 
 int64_t Dataset::size() const {
     int64_t n = 1;
-    for (int64_t d : shape()) n *= d;
+    for (int64_t d : shape()) {
+        if (d < 0 || (d > 0 && n > std::numeric_limits<int64_t>::max() / d))
+            throw Error(fmt::format("dataset '{}' in '{}' claims more than 2^63 elements: the file is damaged", path(),
+                                    file()));
+        n *= d;
+    }
     return n;
+}
+
+// The element count to allocate for reading, after checking that the file holds that many:
+// a damaged or crafted file can claim any shape, and the claim must not become a huge
+// allocation. Unfiltered storage must hold every byte; filtered (compressed) storage at
+// least 1/2048 of them (deflate's ratio is at most about 1032:1).
+size_t Dataset::readable_count() const {
+    const int64_t n = size();
+    if (n == 0) return 0;
+    Tmp type(check(H5Dget_type(id()), file(), path(), "cannot read the type of"), H5Tclose);
+    Tmp dcpl(check(H5Dget_create_plist(id()), file(), path(), "cannot read the storage of"), H5Pclose);
+    const int filters = H5Pget_nfilters(dcpl.id);
+    const double claimed = double(n) * double(H5Tget_size(type.id));
+    const double stored = double(H5Dget_storage_size(id()));
+    if (claimed > (filters > 0 ? 2048.0 * stored : stored))
+        throw Error(fmt::format("dataset '{}' in '{}' claims {} elements ({:.0f} bytes) but the file stores {:.0f} bytes "
+                                "of it: the file is damaged",
+                                path(), file(), n, claimed, stored));
+    return static_cast<size_t>(n);
 }
 
 DType Dataset::dtype() const {
@@ -582,14 +608,14 @@ void expect_type(const Dataset& d, bool ok, const char* expected) {
 
 std::vector<float> Dataset::read_f32() const {
     expect_type(*this, dtype() == DType::f32, "float32");
-    std::vector<float> out(static_cast<size_t>(size()));
+    std::vector<float> out(readable_count());
     read_raw(H5T_NATIVE_FLOAT, out.data());
     return out;
 }
 
 std::vector<int32_t> Dataset::read_i32() const {
     expect_type(*this, dtype() == DType::i32, "int32");
-    std::vector<int32_t> out(static_cast<size_t>(size()));
+    std::vector<int32_t> out(readable_count());
     read_raw(H5T_NATIVE_INT32, out.data());
     return out;
 }
@@ -597,7 +623,7 @@ std::vector<int32_t> Dataset::read_i32() const {
 std::vector<int64_t> Dataset::read_as_i64() const {
     DType t = dtype();
     expect_type(*this, t == DType::i32 || t == DType::i64, "an integer type");
-    std::vector<int64_t> out(static_cast<size_t>(size()));
+    std::vector<int64_t> out(readable_count());
     read_raw(H5T_NATIVE_INT64, out.data());
     return out;
 }
@@ -605,7 +631,7 @@ std::vector<int64_t> Dataset::read_as_i64() const {
 std::vector<double> Dataset::read_as_f64() const {
     DType t = dtype();
     expect_type(*this, t == DType::f32 || t == DType::f64, "a floating-point type");
-    std::vector<double> out(static_cast<size_t>(size()));
+    std::vector<double> out(readable_count());
     read_raw(H5T_NATIVE_DOUBLE, out.data());
     return out;
 }

@@ -167,6 +167,7 @@ public:
 private:
     void append_raw(hid_t mem_type, const void* rows, int64_t n);
     void read_raw(hid_t mem_type, void* out) const;
+    size_t readable_count() const;
 };
 
 // Name of a DType for messages ("float32", ...).
