@@ -3,6 +3,7 @@
 // and the relations between its columns. No speed is asserted (machines are noisy).
 #include "io/results.h"
 #include "support/process.h"
+#include "support/table.h"
 
 #include <fmt/format.h>
 
@@ -28,17 +29,6 @@ constexpr bool kAsan = false;
 #else
 constexpr bool kAsan = false;
 #endif
-
-template <class T>
-const std::vector<T>& column(const Table& t, const std::string& name) {
-    for (const auto& [k, v] : t.columns)
-        if (k == name) {
-            REQUIRE_MESSAGE(std::holds_alternative<std::vector<T>>(v), "column " << name << " has another type");
-            return std::get<std::vector<T>>(v);
-        }
-    FAIL("no column " << name);
-    throw 0;
-}
 
 // The small configuration of `kvlab bench --help`, from model.md's parameter shapes.
 constexpr double D = 128, L = 2, H = 4, dh = 32, F = 344, V = 256, B = 32, T = 128;

@@ -3,6 +3,7 @@
 #include "io/results.h"
 #include "lowrank/study.h"
 #include "support/process.h"
+#include "support/table.h"
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
@@ -47,15 +48,6 @@ tasks:
 {})",
                                     (dir / "study.h5").string(), KVLAB_SOURCE_DIR, budgets, extra);
     return p;
-}
-
-template <class T>
-const std::vector<T>& col(const Table& t, const std::string& name) {
-    for (const auto& [n, c] : t.columns)
-        if (n == name) return std::get<std::vector<T>>(c);
-    FAIL("no column " << name);
-    static std::vector<T> none;
-    return none;
 }
 
 }  // namespace
@@ -134,12 +126,12 @@ TEST_CASE("kvlab lowrank-study runs a tiny study end to end, resumes, and writes
 
     // layers: weight-only svd has the smallest weight error at every rank and layer, and
     // every error falls with the rank.
-    const auto& method = col<std::string>(layers, "method");
-    const auto& da = col<int64_t>(layers, "data_aware");
-    const auto& budget = col<int64_t>(layers, "budget");
-    const auto& layer = col<int64_t>(layers, "layer");
-    const auto& werr = col<double>(layers, "weight_rel_error");
-    const auto& kverr = col<double>(layers, "kv_rel_error_val");
+    const auto& method = column<std::string>(layers, "method");
+    const auto& da = column<int64_t>(layers, "data_aware");
+    const auto& budget = column<int64_t>(layers, "budget");
+    const auto& layer = column<int64_t>(layers, "layer");
+    const auto& werr = column<double>(layers, "weight_rel_error");
+    const auto& kverr = column<double>(layers, "kv_rel_error_val");
     REQUIRE(method.size() == 4 * 2 * 2 * 2);
     std::map<std::tuple<std::string, int64_t, int64_t, int64_t>, double> w;   // (method, da, budget, layer)
     for (size_t i = 0; i < method.size(); ++i) {
@@ -160,9 +152,9 @@ TEST_CASE("kvlab lowrank-study runs a tiny study end to end, resumes, and writes
         }
 
     // models: one row for the base, 2 MLA, 16 compressed; fine-tuning lowers the loss.
-    const auto& kind = col<std::string>(models, "kind");
-    const auto& loss = col<double>(models, "val_loss");
-    const auto& ft_loss = col<double>(models, "ft_val_loss");
+    const auto& kind = column<std::string>(models, "kind");
+    const auto& loss = column<double>(models, "val_loss");
+    const auto& ft_loss = column<double>(models, "ft_val_loss");
     REQUIRE(kind.size() == 19);
     int n_comp = 0;
     double base_loss = 0;
