@@ -1,7 +1,8 @@
 // kvlab bench: how fast kvlab trains and decodes on this machine, against the GEMM limit
 // measured in the same run (issue "Performance: ... near the GEMM limit"):
-//   (a) single-precision GEMM GFLOP/s of Eigen's own GEMM, per thread count, on 1024³ and
-//       on the shapes the benchmark models multiply;
+//   (a) single-precision GEMM GFLOP/s of the model's GEMM (core/gemm.h: OpenBLAS or Eigen),
+//       per thread count, on 1024³ and on the shapes the benchmark models multiply, and
+//       Eigen's own GEMM on 1024³ beside it;
 //   (b) training tokens/s and model GFLOP/s per plugin, configuration and thread count;
 //   (c) per-op times of a training step (Transformer::OpTimes, the optimizer timed here);
 //   (d) single-sequence decode tokens/s of the large model (time_decode, shared with
@@ -10,6 +11,7 @@
 //       the bytes of parameters, gradients, the two AdamW states and the activations.
 #include "attention/registry.h"
 #include "cli.h"
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "io/results.h"
@@ -18,7 +20,6 @@
 #include "train/trainer.h"
 
 #include <fmt/chrono.h>
-#include <dlfcn.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -30,11 +31,6 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-
-// The system BLAS (Fortran interface; Debian's libblas.so.3 alternative), linked for LAPACK.
-extern "C" void sgemm_(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-                       const int* ldc);
 
 namespace kvlab::cli {
 
@@ -57,12 +53,12 @@ const char* kBenchHelp = R"(usage: kvlab bench [--config small|large|all] [--plu
 
 Measures kvlab's speed against the GEMM limit of this machine, in one run:
 
-  gemm     single-precision GEMM GFLOP/s of Eigen's own GEMM (the one the model uses) per
-           thread count: 1024x1024x1024 and the benchmark models' typical shapes
-           (activation x weight^T, weight gradients, the attention products of one head),
-           and the system BLAS's sgemm on 1024^3 (checked against Eigen's product; with
-           OpenBLAS, its core type is printed). best = fastest of the repeats, median =
-           their median; the GEMM peak is the best row of either library.
+  gemm     single-precision GEMM GFLOP/s of the model's GEMM (OpenBLAS with the core type
+           kvlab chose, or Eigen: the backend line says which and why) per thread count:
+           1024x1024x1024 and the benchmark models' typical shapes (activation x weight^T,
+           weight gradients, the attention products of one head), and Eigen's own GEMM on
+           1024^3 beside it (its result checked against the model's GEMM). best = fastest
+           of the repeats, median = their median; the GEMM peak is the best row of either.
   train    training tokens/s and model GFLOP/s per plugin, configuration and thread count,
            from the median step time of N timed steps (after 2 untimed ones); a step is
            zero_grad, forward, backward, gradient clipping and AdamW, on random bytes
@@ -146,8 +142,8 @@ std::string cpu_description() {
 }
 
 std::string backend() {
-    return fmt::format("Eigen {}.{}.{} native GEMM ({}), OpenMP", EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION,
-                       EIGEN_MINOR_VERSION, Eigen::SimdInstructionSetsInUse());
+    return fmt::format("{}; Eigen {}.{}.{} ({}); OpenMP", gemm::init().describe(), EIGEN_WORLD_VERSION,
+                       EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, Eigen::SimdInstructionSetsInUse());
 }
 
 std::string load_average() {
@@ -216,8 +212,8 @@ struct GemmRow {
     double best_gflops = 0, median_gflops = 0;
 };
 
-// C [m, n] from A and B laid out as the model lays them out (row-major): the same Eigen
-// expressions as the model's products. Each repeat runs the product often enough to last
+// C [m, n] from A and B laid out as the model lays them out (row-major), through the
+// model's own calls (gemm::nn/nt/tn). Each repeat runs the product often enough to last
 // about 20 ms.
 GemmRow measure_gemm(const GemmShape& s, int threads, int repeats) {
     Rng rng(11);
@@ -231,11 +227,11 @@ GemmRow measure_gemm(const GemmShape& s, int threads, int repeats) {
     Mat C(s.m, s.n);
     auto run = [&]() {
         if (s.kind == 'N')
-            C.noalias() = A * Bm;
+            gemm::nn(C, A, Bm);
         else if (s.kind == 'T')
-            C.noalias() = A * Bm.transpose();
+            gemm::nt(C, A, Bm);
         else
-            C.noalias() = A.transpose() * Bm;
+            gemm::tn(C, A, Bm);
     };
     run();
     const double flops = 2.0 * double(s.m) * double(s.k) * double(s.n);
@@ -253,35 +249,26 @@ GemmRow measure_gemm(const GemmShape& s, int threads, int repeats) {
     return row;
 }
 
-// The system BLAS's sgemm on the square shape, for comparison: kvlab's products run in
-// Eigen's own GEMM, but the machine's GEMM limit is whichever is faster. OpenBLAS's thread
-// count and core name are set and read through its own entry points when present
-// (dlsym: any BLAS links). Its result is checked against Eigen's product of the same
-// matrices; max_rel_err is max |C_blas - C_eigen| / max |C_eigen|.
-struct BlasGemm {
+// Eigen's own GEMM on the square shape beside the model's: the comparison that decided
+// the backend (core/gemm.h), measured again on every run. Its result is checked against
+// the model's product of the same matrices; max_rel_err is max |C_eigen - C_model| / max
+// |C_model|.
+struct EigenGemm {
     GemmRow row;
-    std::string name;
     double max_rel_err = 0;
 };
 
-BlasGemm measure_blas_gemm(int threads, int repeats) {
-    using SetThreads = void (*)(int);
-    using CoreName = char* (*)();
-    if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(threads);
-    BlasGemm b;
-    auto core = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-    const char* env = std::getenv("OPENBLAS_CORETYPE");
-    b.name = core ? fmt::format("OpenBLAS {} (OPENBLAS_CORETYPE {})", core(), env ? env : "unset") : "system BLAS";
+EigenGemm measure_eigen_gemm(int threads, int repeats) {
     const int n = 1024;
     Rng rng(11);
-    Eigen::MatrixXf A(n, n), B(n, n), C(n, n);
+    Mat A(n, n), B(n, n), C(n, n), ref(n, n);
     for (Eigen::Index i = 0; i < A.size(); ++i) A.data()[i] = static_cast<float>(rng.uniform() - 0.5);
     for (Eigen::Index i = 0; i < B.size(); ++i) B.data()[i] = static_cast<float>(rng.uniform() - 0.5);
-    const float one = 1, zero = 0;
-    auto run = [&]() { sgemm_("N", "N", &n, &n, &n, &one, A.data(), &n, B.data(), &n, &zero, C.data(), &n); };
+    auto run = [&]() { gemm::eigen_nn(C, A, B); };
     run();
-    const Eigen::MatrixXf ref = A * B;
-    b.max_rel_err = double((C - ref).cwiseAbs().maxCoeff() / ref.cwiseAbs().maxCoeff());
+    gemm::nn(ref, A, B);
+    EigenGemm e;
+    e.max_rel_err = double((C - ref).cwiseAbs().maxCoeff() / ref.cwiseAbs().maxCoeff());
     const double flops = 2.0 * n * n * n;
     auto t0 = Clock::now();
     run();
@@ -292,8 +279,8 @@ BlasGemm measure_blas_gemm(int threads, int repeats) {
         for (int i = 0; i < inner; ++i) run();
         g.push_back(flops * inner / seconds_since(t0) / 1e9);
     }
-    b.row = {"system BLAS sgemm 1024^3", threads, n, n, n, *std::max_element(g.begin(), g.end()), median(g)};
-    return b;
+    e.row = {"Eigen GEMM 1024^3", threads, n, n, n, *std::max_element(g.begin(), g.end()), median(g)};
+    return e;
 }
 
 std::vector<GemmShape> gemm_shapes(const std::vector<BenchModel>& models) {
@@ -589,13 +576,14 @@ int cmd_bench(int argc, char** argv) {
                 std::fflush(stdout);
                 peak[th] = std::max(peak[th], r.best_gflops);
             }
-            const BlasGemm b = measure_blas_gemm(th, 7);
-            gemm.push_back(b.row);
+            const EigenGemm e = measure_eigen_gemm(th, 7);
+            gemm.push_back(e.row);
             const auto& r = gemm.back();
-            fmt::print("{:<44} {:>7} {:>6} {:>6} {:>6} {:>12.1f} {:>14.1f}   {}, max rel. error vs Eigen {:.1e}\n",
-                       r.shape, r.threads, r.m, r.k, r.n, r.best_gflops, r.median_gflops, b.name, b.max_rel_err);
-            KV_CHECK(b.max_rel_err < 1e-4, "the system BLAS's sgemm disagrees with Eigen's product (max rel. error {})",
-                     b.max_rel_err);
+            fmt::print("{:<44} {:>7} {:>6} {:>6} {:>6} {:>12.1f} {:>14.1f}   max rel. difference from the model's "
+                       "GEMM {:.1e}\n",
+                       r.shape, r.threads, r.m, r.k, r.n, r.best_gflops, r.median_gflops, e.max_rel_err);
+            KV_CHECK(e.max_rel_err < 1e-4, "Eigen's GEMM and the model's GEMM disagree (max rel. difference {})",
+                     e.max_rel_err);
             peak[th] = std::max(peak[th], r.best_gflops);
         }
         for (int th : threads)

@@ -1,6 +1,7 @@
 // kvlab: one executable, sub-commands; `kvlab COMMAND --help` documents each.
 // User errors (kvlab::Error) print one clean message and exit with status 2.
 #include "cli.h"
+#include "core/gemm.h"
 #include "dist/mpi.h"
 
 #include <fmt/format.h>
@@ -94,6 +95,9 @@ int main(int argc, char** argv) {
     // Error messages: under MPI, ranks other than 0 name themselves (see dist/mpi.h).
     auto who = [&] { return dist::active() && !dist::root() ? fmt::format("[rank {}] ", dist::rank()) : std::string(); };
     try {
+        // The GEMM backend is chosen before any thread starts: loading OpenBLAS sets its
+        // core type through the environment (core/gemm.h).
+        gemm::init();
         for (const auto& c : commands())
             if (argv[1] == std::string(c.name)) {
                 const int rc = c.run(argc, argv);

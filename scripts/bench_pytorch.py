@@ -21,8 +21,12 @@ fastest setting here, so all pairs are tried and every figure is printed.
 Then it runs `kvlab bench` on the same configurations in the same run (training, and
 decode at context 1024 with 256 timed steps) and prints kvlab / PyTorch.
 
-PyTorch's float32 GEMM here is the system BLAS (Debian's OpenBLAS); OPENBLAS_CORETYPE is
-left as the environment has it and printed.
+PyTorch's float32 GEMM here is the system BLAS (Debian's OpenBLAS), whose kernels follow
+OPENBLAS_CORETYPE. By default PyTorch gets the same core type as kvlab picks for itself
+(core/gemm.h: SkylakeX with AVX-512 F/BW/DQ/VL, Haswell with AVX2 and FMA), so both run the
+same GEMM kernels: the script sets the variable and runs itself again before PyTorch loads
+OpenBLAS. --openblas-coretype NAME asks for another, --openblas-coretype env leaves the
+environment's.
 
 Two settings make eager PyTorch much faster on this machine, and are on by default (the
 baseline should be the best PyTorch we can get, not a strawman); --naive turns both off:
@@ -37,6 +41,7 @@ baseline should be the best PyTorch we can get, not a strawman); --naive turns b
 usage: scripts/bench_pytorch.py [--kvlab build/kvlab] [--config small|large|all]
                                 [--plugins mha,gqa,mqa,mla] [--threads 1,2] [--steps N]
                                 [--out FILE.h5] [--skip-kvlab] [--naive]
+                                [--openblas-coretype auto|env|NAME]
 """
 import argparse
 import ctypes
@@ -47,6 +52,40 @@ import subprocess
 import sys
 import time
 
+
+def kvlab_core_type():
+    """The OpenBLAS core type kvlab picks (framework/core/gemm.cpp), from /proc/cpuinfo."""
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return "SkylakeX"
+    if {"avx2", "fma"} <= flags:
+        return "Haswell"
+    return ""
+
+
+def choose_core_type():
+    """Sets OPENBLAS_CORETYPE as --openblas-coretype asks, running this script again when the
+    value changes: OpenBLAS reads it once, when PyTorch's import loads the library."""
+    want = "auto"
+    for i, arg in enumerate(sys.argv):
+        if arg == "--openblas-coretype" and i + 1 < len(sys.argv):
+            want = sys.argv[i + 1]
+        elif arg.startswith("--openblas-coretype="):
+            want = arg.split("=", 1)[1]
+    if want == "env":
+        return
+    core = kvlab_core_type() if want == "auto" else want
+    if core and os.environ.get("OPENBLAS_CORETYPE") != core and not os.environ.get("KVLAB_BENCH_REEXEC"):
+        os.environ["OPENBLAS_CORETYPE"] = core
+        os.environ["KVLAB_BENCH_REEXEC"] = "1"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
+choose_core_type()
 import h5py
 import numpy as np
 import torch
@@ -241,6 +280,16 @@ class Model(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- measurements
+def openblas_core():
+    """The core type the loaded OpenBLAS runs (openblas_get_corename), or "?"."""
+    try:
+        f = ctypes.CDLL("libopenblas.so.0").openblas_get_corename
+        f.restype = ctypes.c_char_p
+        return f().decode()
+    except (OSError, AttributeError):
+        return "?"
+
+
 def set_threads(torch_threads, blas_threads):
     torch.set_num_threads(torch_threads)
     try:
@@ -332,6 +381,9 @@ def main():
     ap.add_argument("--out", default="", help="kvlab bench's HDF5 output (default: a temporary file)")
     ap.add_argument("--skip-kvlab", action="store_true")
     ap.add_argument("--naive", action="store_true", help="default glibc malloc settings and unchunked attention")
+    ap.add_argument("--openblas-coretype", default="auto",
+                    help="PyTorch's OpenBLAS core type: auto (the one kvlab picks), env (as the environment has "
+                         "it) or an OpenBLAS name")
     a = ap.parse_args()
     global ATTN_CHUNKING
     ATTN_CHUNKING = not a.naive
@@ -344,7 +396,8 @@ def main():
     print(f"PyTorch {torch.__version__} eager, float32 | CPU: {cpu} ({os.cpu_count()} logical CPUs) | "
           f"BLAS: {torch.__config__.show().split('BLAS_INFO=')[1].split(',')[0]} (system libblas: "
           f"{os.path.realpath('/usr/lib/x86_64-linux-gnu/libblas.so.3')}) | "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} (left as the environment has it)")
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} (--openblas-coretype "
+          f"{a.openblas_coretype}), OpenBLAS reports {openblas_core()}")
     print(f"PyTorch settings: malloc tuned {'yes' if tuned else 'no'}, attention in batch chunks "
           f"{'yes' if ATTN_CHUNKING else 'no'}" + (" (--naive)" if a.naive else " (see the header; --naive for neither)"))
     pairs = [(t, b) for t in threads for b in threads]

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(
   cmake g++ make ccache pkg-config           # build
-  libeigen3-dev libopenblas-dev liblapacke-dev  # math (Eigen GEMM; LAPACK for low-rank methods)
+  libeigen3-dev libopenblas0-openmp           # math: Eigen; OpenBLAS (OpenMP build) for GEMM
   libyaml-cpp-dev libhdf5-dev libfmt-dev doctest-dev
   hdf5-tools                                  # h5dump, used by tests
   clang-14 libclang-rt-14-dev libomp-14-dev   # fuzzing (libFuzzer), scripts/fuzz.sh

@@ -80,10 +80,10 @@ public:
         const int H = H_, G = G_, dh = dh_, r = r_, rep = H_ / G_;
         // 1. projections: the latent and its up-projections, and the queries
         x_ = x;                                                       // [B*T, D]
-        c_.noalias() = x * W("w_dkv", r, D_).transpose();             // [B*T, r]
-        k_.noalias() = c_ * W("w_uk", G * dh, r).transpose();         // [B*T, G*dh]
-        v_.noalias() = c_ * W("w_uv", G * dh, r).transpose();         // [B*T, G*dh]
-        q_.noalias() = x * W("wq", H * dh, D_).transpose();           // [B*T, H*dh]
+        gemm::nt(c_, x, W("w_dkv", r, D_));             // [B*T, r]
+        gemm::nt(k_, c_, W("w_uk", G * dh, r));         // [B*T, G*dh]
+        gemm::nt(v_, c_, W("w_uv", G * dh, r));         // [B*T, G*dh]
+        gemm::nt(q_, x, W("wq", H * dh, D_));           // [B*T, H*dh]
         // 2. RoPE over the whole head width, after the up-projection
         rope_.apply_rows(q_, T, 0, H);
         rope_.apply_rows(k_, T, 0, G);
@@ -97,15 +97,15 @@ public:
                                 v_.block(b * T, j * dh, T, dh), scale, probs(b, i), o_.block(b * T, i * dh, T, dh));
             }
         // 6. output projection
-        out.noalias() = o_ * W("wo", D_, H * dh).transpose();         // [B*T, D]
+        gemm::nt(out, o_, W("wo", D_, H * dh));         // [B*T, D]
     }
 
     void backward(CRef dout, Ref dx) override {
         KV_CHECK(B_ > 0, "latent_kv backward called before forward");
         const int B = B_, T = T_, H = H_, G = G_, dh = dh_, r = r_, rep = H_ / G_;
         // 6. out = o woᵀ
-        dW("wo", D_, H * dh).noalias() += dout.transpose() * o_;     // [D, H*dh]
-        do_.noalias() = dout * W("wo", D_, H * dh);                   // [B*T, H*dh]
+        gemm::tn(dW("wo", D_, H * dh), dout, o_, gemm::add);     // [D, H*dh]
+        gemm::nn(do_, dout, W("wo", D_, H * dh));                   // [B*T, H*dh]
         // 3-5. o_i = softmax(q_i k_jᵀ · scale + mask) v_j; heads sharing kv head j accumulate
         //      into dk_j, dv_j, so the parallel loop runs over (sequence, kv head).
         const S scale = S(1) / std::sqrt(S(dh));
@@ -126,16 +126,16 @@ public:
         rope_.apply_rows(dk_, T, 0, G, /*inverse=*/true);       // dk_ is now d(c w_ukᵀ)
         // 1. projections, in reverse.
         // q = x wqᵀ
-        dW("wq", H * dh, D_).noalias() += dq_.transpose() * x_;       // [H*dh, D]
-        dx.noalias() = dq_ * W("wq", H * dh, D_);                     // [B*T, D]
+        gemm::tn(dW("wq", H * dh, D_), dq_, x_, gemm::add);       // [H*dh, D]
+        gemm::nn(dx, dq_, W("wq", H * dh, D_));                     // [B*T, D]
         // k = c w_ukᵀ,  v = c w_uvᵀ
-        dW("w_uk", G * dh, r).noalias() += dk_.transpose() * c_;      // [G*dh, r]
-        dW("w_uv", G * dh, r).noalias() += dv_.transpose() * c_;      // [G*dh, r]
-        dc_.noalias() = dk_ * W("w_uk", G * dh, r);                   // [B*T, r]
-        dc_.noalias() += dv_ * W("w_uv", G * dh, r);
+        gemm::tn(dW("w_uk", G * dh, r), dk_, c_, gemm::add);      // [G*dh, r]
+        gemm::tn(dW("w_uv", G * dh, r), dv_, c_, gemm::add);      // [G*dh, r]
+        gemm::nn(dc_, dk_, W("w_uk", G * dh, r));                   // [B*T, r]
+        gemm::nn(dc_, dv_, W("w_uv", G * dh, r), gemm::add);
         // c = x w_dkvᵀ
-        dW("w_dkv", r, D_).noalias() += dc_.transpose() * x_;         // [r, D]
-        dx.noalias() += dc_ * W("w_dkv", r, D_);
+        gemm::tn(dW("w_dkv", r, D_), dc_, x_, gemm::add);         // [r, D]
+        gemm::nn(dx, dc_, W("w_dkv", r, D_), gemm::add);
     }
 
     int64_t kv_elements_per_token() const override { return r_; }

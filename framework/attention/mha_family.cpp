@@ -71,11 +71,11 @@ public:
         // 1. projections: [q | k | v] = x [wq; wk; wv]ᵀ
         x_ = x;                                                       // [B*T, D]
         if (fused_) {
-            qkv_.noalias() = x * W("wq", (H + 2 * G) * dh, D_).transpose();   // [B*T, (H+2G)*dh]
+            gemm::nt(qkv_, x, W("wq", (H + 2 * G) * dh, D_));   // [B*T, (H+2G)*dh]
         } else {
-            qkv_.leftCols(H * dh).noalias() = x * W("wq", H * dh, D_).transpose();
-            qkv_.middleCols(H * dh, G * dh).noalias() = x * W("wk", G * dh, D_).transpose();
-            qkv_.rightCols(G * dh).noalias() = x * W("wv", G * dh, D_).transpose();
+            gemm::nt(qkv_.leftCols(H * dh), x, W("wq", H * dh, D_));
+            gemm::nt(qkv_.middleCols(H * dh, G * dh), x, W("wk", G * dh, D_));
+            gemm::nt(qkv_.rightCols(G * dh), x, W("wv", G * dh, D_));
         }
         // 2. RoPE over the whole head width of the H query and G key heads (adjacent columns)
         rope_.apply_rows(qkv_, T, 0, H + G);
@@ -91,14 +91,14 @@ public:
                                 o_.block(b * T, i * dh, T, dh));
             }
         // 6. output projection
-        out.noalias() = o_ * W("wo", D_, H * dh).transpose();         // [B*T, D]
+        gemm::nt(out, o_, W("wo", D_, H * dh));         // [B*T, D]
     }
 
     void backward(CRef dout, Ref dx) override {
         const int B = B_, T = T_, H = H_, G = G_, dh = dh_, rep = H_ / G_;
         // 6. out = o woᵀ
-        dW("wo", D_, H * dh).noalias() += dout.transpose() * o_;     // [D, H*dh]
-        do_.noalias() = dout * W("wo", D_, H * dh);                   // [B*T, H*dh]
+        gemm::tn(dW("wo", D_, H * dh), dout, o_, gemm::add);     // [D, H*dh]
+        gemm::nn(do_, dout, W("wo", D_, H * dh));                   // [B*T, H*dh]
         // 3-5. o_i = softmax(q_i k_jᵀ · scale) v_j; heads sharing kv head j accumulate
         // into dk_j, dv_j, so the parallel loop runs over (sequence, kv head).
         const S scale = S(1) / std::sqrt(S(dh));
@@ -120,14 +120,14 @@ public:
         // 1. [q | k | v] = x [wq; wk; wv]ᵀ
         if (fused_) {
             ops::add_weight_grad<S>(dqkv_, x_, dW("wq", (H + 2 * G) * dh, D_), wgrad_);
-            dx.noalias() = dqkv_ * W("wq", (H + 2 * G) * dh, D_);
+            gemm::nn(dx, dqkv_, W("wq", (H + 2 * G) * dh, D_));
         } else {
-            dW("wq", H * dh, D_).noalias() += dqkv_.leftCols(H * dh).transpose() * x_;
-            dW("wk", G * dh, D_).noalias() += dqkv_.middleCols(H * dh, G * dh).transpose() * x_;
-            dW("wv", G * dh, D_).noalias() += dqkv_.rightCols(G * dh).transpose() * x_;
-            dx.noalias() = dqkv_.leftCols(H * dh) * W("wq", H * dh, D_);
-            dx.noalias() += dqkv_.middleCols(H * dh, G * dh) * W("wk", G * dh, D_);
-            dx.noalias() += dqkv_.rightCols(G * dh) * W("wv", G * dh, D_);
+            gemm::tn(dW("wq", H * dh, D_), dqkv_.leftCols(H * dh), x_, gemm::add);
+            gemm::tn(dW("wk", G * dh, D_), dqkv_.middleCols(H * dh, G * dh), x_, gemm::add);
+            gemm::tn(dW("wv", G * dh, D_), dqkv_.rightCols(G * dh), x_, gemm::add);
+            gemm::nn(dx, dqkv_.leftCols(H * dh), W("wq", H * dh, D_));
+            gemm::nn(dx, dqkv_.middleCols(H * dh, G * dh), W("wk", G * dh, D_), gemm::add);
+            gemm::nn(dx, dqkv_.rightCols(G * dh), W("wv", G * dh, D_), gemm::add);
         }
     }
 

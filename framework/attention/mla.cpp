@@ -36,6 +36,7 @@
 // output side, so per-head keys and values of past tokens are never formed.
 #include "attention/attention.h"
 #include "attention/rope.h"
+#include "attention/latent_kernels.h"
 #include "attention/sdpa.h"
 #include "config/experiment_config.h"
 #include "model/ops.h"
@@ -156,19 +157,19 @@ public:
         // 1. projections (paper 2.1.2 and 2.1.3)
         x_ = x;                                                              // [B*T, D]
         if (dcp_ > 0) {
-            cq_hat_.noalias() = x * w_dq_.W().transpose();                   // [B*T, dcp]  x w_dqᵀ, then ĉ_Q
+            gemm::nt(cq_hat_, x, w_dq_.W());                   // [B*T, dcp]  x w_dqᵀ, then ĉ_Q
             rmsnorm_forward<S>(cq_hat_, q_norm_.w, eps_, cq_rstd_.data(), cq_);  // c_Q [B*T, dcp]
-            qc_.noalias() = cq_ * w_uq_.W().transpose();                     // [B*T, H*dh]
-            qr_.noalias() = cq_ * w_qr_.W().transpose();                     // [B*T, H*dR]
+            gemm::nt(qc_, cq_, w_uq_.W());                     // [B*T, H*dh]
+            gemm::nt(qr_, cq_, w_qr_.W());                     // [B*T, H*dR]
         } else {
-            qc_.noalias() = x * wq_.W().transpose();                         // [B*T, H*dh]
-            qr_.noalias() = x * w_qr_.W().transpose();                       // [B*T, H*dR]
+            gemm::nt(qc_, x, wq_.W());                         // [B*T, H*dh]
+            gemm::nt(qr_, x, w_qr_.W());                       // [B*T, H*dR]
         }
-        ckv_hat_.noalias() = x * w_dkv_.W().transpose();                     // [B*T, dc]  x w_dkvᵀ, then ĉ_KV
+        gemm::nt(ckv_hat_, x, w_dkv_.W());                     // [B*T, dc]  x w_dkvᵀ, then ĉ_KV
         rmsnorm_forward<S>(ckv_hat_, kv_norm_.w, eps_, ckv_rstd_.data(), ckv_);  // c_KV [B*T, dc]
-        kc_.noalias() = ckv_ * w_uk_.W().transpose();                        // [B*T, H*dh]
-        v_.noalias() = ckv_ * w_uv_.W().transpose();                         // [B*T, H*dh]
-        kr_.noalias() = x * w_kr_.W().transpose();                           // [B*T, dR]
+        gemm::nt(kc_, ckv_, w_uk_.W());                        // [B*T, H*dh]
+        gemm::nt(v_, ckv_, w_uv_.W());                         // [B*T, H*dh]
+        gemm::nt(kr_, x, w_kr_.W());                           // [B*T, dR]
         // 2. RoPE: qR per head (H heads of width dR), kR one shared head
         rope_.apply_rows(qr_, T, 0, H);
         rope_.apply_rows(kr_, T, 0, 1);
@@ -187,15 +188,15 @@ public:
                 sdpa_forward<S>(qcat_.block(b * T, i * dk, T, dk), kcat_.block(b * T, i * dk, T, dk),
                                 v_.block(b * T, i * dh, T, dh), scale, probs(b, i), o_.block(b * T, i * dh, T, dh));
         // 5. output projection
-        out.noalias() = o_ * wo_.W().transpose();                            // [B*T, D]
+        gemm::nt(out, o_, wo_.W());                            // [B*T, D]
     }
 
     void backward(CRef dout, Ref dx) override {
         KV_CHECK(B_ > 0, "mla backward called before forward");
         const int B = B_, T = T_, H = H_, dh = dh_, dR = dR_, dk = dh_ + dR_;
         // 5. out = o woᵀ
-        wo_.dW().noalias() += dout.transpose() * o_;                         // [D, H*dh]
-        do_.noalias() = dout * wo_.W();                                      // [B*T, H*dh]
+        gemm::tn(wo_.dW(), dout, o_, gemm::add);                         // [D, H*dh]
+        gemm::nn(do_, dout, wo_.W());                                      // [B*T, H*dh]
         // 4. o_i = softmax(q_i k_iᵀ · scale + mask) v_i. Every (b, i) writes only its own
         //    slices of dqcat, dkcat, dv; dP is the running thread's scratch.
         const S scale = S(1) / std::sqrt(S(dk));
@@ -224,35 +225,35 @@ public:
         rope_.apply_rows(dkr_, T, 0, 1, /*inverse=*/true);
         // 1. projections, in reverse.
         // kR = x w_krᵀ
-        w_kr_.dW().noalias() += dkr_.transpose() * x_;                       // [dR, D]
-        dx.noalias() = dkr_ * w_kr_.W();                                     // [B*T, D]
+        gemm::tn(w_kr_.dW(), dkr_, x_, gemm::add);                       // [dR, D]
+        gemm::nn(dx, dkr_, w_kr_.W());                                     // [B*T, D]
         // v = c_KV w_uvᵀ,  kC = c_KV w_ukᵀ
-        w_uv_.dW().noalias() += dv_.transpose() * ckv_;                      // [H*dh, dc]
-        w_uk_.dW().noalias() += dkc_.transpose() * ckv_;                     // [H*dh, dc]
-        dckv_.noalias() = dv_ * w_uv_.W();                                   // [B*T, dc]
-        dckv_.noalias() += dkc_ * w_uk_.W();
+        gemm::tn(w_uv_.dW(), dv_, ckv_, gemm::add);                      // [H*dh, dc]
+        gemm::tn(w_uk_.dW(), dkc_, ckv_, gemm::add);                     // [H*dh, dc]
+        gemm::nn(dckv_, dv_, w_uv_.W());                                   // [B*T, dc]
+        gemm::nn(dckv_, dkc_, w_uk_.W(), gemm::add);
         // c_KV = RMSNorm(x w_dkvᵀ; kv_norm)   (dckv_ becomes d(x w_dkvᵀ))
         rmsnorm_backward<S>(dckv_, ckv_hat_, ckv_rstd_.data(), kv_norm_.w, kv_norm_.g);
         // x w_dkvᵀ
-        w_dkv_.dW().noalias() += dckv_.transpose() * x_;                     // [dc, D]
-        dx.noalias() += dckv_ * w_dkv_.W();
+        gemm::tn(w_dkv_.dW(), dckv_, x_, gemm::add);                     // [dc, D]
+        gemm::nn(dx, dckv_, w_dkv_.W(), gemm::add);
         if (dcp_ > 0) {
             // qC = c_Q w_uqᵀ,  qR = RoPE_per_head(c_Q w_qrᵀ)
-            w_uq_.dW().noalias() += dqc_.transpose() * cq_;                  // [H*dh, dcp]
-            w_qr_.dW().noalias() += dqr_.transpose() * cq_;                  // [H*dR, dcp]
-            dcq_.noalias() = dqc_ * w_uq_.W();                               // [B*T, dcp]
-            dcq_.noalias() += dqr_ * w_qr_.W();
+            gemm::tn(w_uq_.dW(), dqc_, cq_, gemm::add);                  // [H*dh, dcp]
+            gemm::tn(w_qr_.dW(), dqr_, cq_, gemm::add);                  // [H*dR, dcp]
+            gemm::nn(dcq_, dqc_, w_uq_.W());                               // [B*T, dcp]
+            gemm::nn(dcq_, dqr_, w_qr_.W(), gemm::add);
             // c_Q = RMSNorm(x w_dqᵀ; q_norm)   (dcq_ becomes d(x w_dqᵀ))
             rmsnorm_backward<S>(dcq_, cq_hat_, cq_rstd_.data(), q_norm_.w, q_norm_.g);
             // x w_dqᵀ
-            w_dq_.dW().noalias() += dcq_.transpose() * x_;                   // [dcp, D]
-            dx.noalias() += dcq_ * w_dq_.W();
+            gemm::tn(w_dq_.dW(), dcq_, x_, gemm::add);                   // [dcp, D]
+            gemm::nn(dx, dcq_, w_dq_.W(), gemm::add);
         } else {
             // qC = x wqᵀ,  qR = RoPE_per_head(x w_qrᵀ)
-            wq_.dW().noalias() += dqc_.transpose() * x_;                     // [H*dh, D]
-            w_qr_.dW().noalias() += dqr_.transpose() * x_;                   // [H*dR, D]
-            dx.noalias() += dqc_ * wq_.W();
-            dx.noalias() += dqr_ * w_qr_.W();
+            gemm::tn(wq_.dW(), dqc_, x_, gemm::add);                     // [H*dh, D]
+            gemm::tn(w_qr_.dW(), dqr_, x_, gemm::add);                   // [H*dR, D]
+            gemm::nn(dx, dqc_, wq_.W(), gemm::add);
+            gemm::nn(dx, dqr_, w_qr_.W(), gemm::add);
         }
     }
 
@@ -272,19 +273,22 @@ public:
     struct Cache final : DecodeCache {
         using ColMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
         bool naive = false;
-        Mat ckv;                       // [max_T, dc]  c_KV of tokens 0..length-1  (counted)
-        Mat kr;                        // [max_T, dR]  RoPE'd shared key kR         (counted)
+        // Latent-major, token t in column t: rows 0..dc-1 c_KV, rows dc..dc+dR-1 the RoPE'd
+        // shared key kR, of tokens 0..length-1 (counted). 16 tokens are one vector load for
+        // latent_kernels.h.
+        Mat lat;                       // [dc + dR, max_T]
+        Mat tok;                       // [1, dc + dR]  this token's c_KV and kR before they are stored
         // Per-step scratch, not counted in bytes():
         Mat cq;                        // [1, dcp]
         Mat qc, qr;                    // [1, H*dh], [1, H*dR]
-        Mat qabs;                      // [H, dc]   absorbed queries q̃_i = qC_i W_UK,i
+        Mat qabs;                      // [H, dc + dR]  absorbed queries [q̃_i | qR_i], q̃_i = qC_i W_UK,i
         ColMat sT;                     // [max_T, H] scores, then probabilities; head i's in column i
         ColMat oT;                     // [dc, H]   õ_iᵀ = C_KVᵀ p_iᵀ in column i
         Mat o;                         // [1, H*dh] concat_i(o_i)
         Mat kc_all, v_all;             // naive: [max_T, H*dh] decompressed keys and values
         Mat qcat, kcat, p;             // naive: [1, dk], [max_T, dk], [1, max_T]
         Rope<S> rope;                  // cos/sin tables for positions 0..max_T-1 (the forward's values)
-        int64_t bytes() const override { return static_cast<int64_t>((ckv.size() + kr.size()) * sizeof(S)); }
+        int64_t bytes() const override { return static_cast<int64_t>(lat.size() * sizeof(S)); }
     };
 
     std::unique_ptr<DecodeCache> new_decode_cache(int max_T, std::string_view impl) const override {
@@ -296,8 +300,8 @@ public:
         auto c = std::make_unique<Cache>();
         c->naive = impl == "naive";
         c->max_T = max_T;
-        c->ckv.resize(max_T, dc_);
-        c->kr.resize(max_T, dR_);
+        c->lat.resize(dc_ + dR_, max_T);
+        c->tok.resize(1, dc_ + dR_);
         c->cq.resize(1, dcp_);
         c->qc.resize(1, H * dh);
         c->qr.resize(1, H * dR_);
@@ -309,7 +313,7 @@ public:
             c->kcat.resize(max_T, dk);
             c->p.resize(1, max_T);
         } else {
-            c->qabs.resize(H, dc_);
+            c->qabs.resize(H, dc_ + dR_);
             c->sT.resize(max_T, H);
             c->oT.resize(dc_, H);
         }
@@ -343,45 +347,53 @@ public:
             ops::matvec_t(x, wq_.W(), c.qc);
             ops::matvec_t(x, w_qr_.W(), c.qr);
         }
-        auto ckv_t = c.ckv.row(t);                                           // [1, dc], appended to the cache
+        auto ckv_t = c.tok.leftCols(dc_);                                    // [1, dc]
         ops::matvec_t(x, w_dkv_.W(), ckv_t);
         S rs;
         rmsnorm_forward<S>(ckv_t, kv_norm_.w, eps_, &rs, ckv_t);
-        auto kr_t = c.kr.row(t);                                             // [1, dR], appended to the cache
+        auto kr_t = c.tok.rightCols(dR);                                     // [1, dR]
         kr_t.noalias() = x * w_kr_.W().transpose();
-        // 2. RoPE at position t
+        // 2. RoPE at position t; the token joins the cache as column t
         c.rope.apply(c.qr.data(), H, t);
         c.rope.apply(kr_t.data(), 1, t);
-        const auto C = c.ckv.topRows(n);                                     // [n, dc]
-        const auto KR = c.kr.topRows(n);                                     // [n, dR]
+        c.lat.col(t) = c.tok.transpose();
+        const auto C = c.lat.topLeftCorner(dc_, n).transpose();             // [n, dc]
+        const auto KR = c.lat.block(dc_, 0, dR, n).transpose();             // [n, dR]
         if (!c.naive) {
             // With more than one thread and enough cached tokens, each step below is shared
             // out: heads (3, softmax, 5b), cached tokens (4) or latent columns (5a).
             const bool parallel = static_cast<int64_t>(n) * (dc_ + dR) >= ops::kParallelMatvec;
             const int nt = parallel ? omp_get_max_threads() : 1;
-            // 3. absorbed queries: q̃_i = qC_i · W_UK,i   ([1, dh]·[dh, dc] = [1, dc])
+            // 3. absorbed queries [q̃_i | qR_i], q̃_i = qC_i · W_UK,i   ([1, dh]·[dh, dc] = [1, dc])
 #pragma omp parallel for schedule(static) num_threads(nt)
-            for (int i = 0; i < H; ++i)
-                c.qabs.row(i).noalias() = c.qc.middleCols(i * dh, dh) * w_uk_.W().middleRows(i * dh, dh);
-            // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale, softmax over t'
-            const Eigen::Map<const Mat> qr_heads(c.qr.data(), H, dR);        // [H, dR]
-            // (as [n, H] = C_KV q̃ᵀ: Eigen's kernels run a product with n rows and H columns
-            // about twice as fast as one with H rows and n columns)
+            for (int i = 0; i < H; ++i) {
+                c.qabs.row(i).leftCols(dc_).noalias() = c.qc.middleCols(i * dh, dh) * w_uk_.W().middleRows(i * dh, dh);
+                c.qabs.row(i).rightCols(dR) = c.qr.middleCols(i * dR, dR);
+            }
+            // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale = [q̃_i | qR_i] · lat[:, t'],
+            //    softmax over t'. In float with AVX-512, 4 and 5a run in latent_kernels.h's
+            //    kernels, straight over the cache; otherwise in Eigen's products.
+            const int K = dc_ + dR;
             auto sT = c.sT.topRows(n);                                       // [n, H]
 #pragma omp parallel num_threads(nt)
             {
                 const int k = omp_get_thread_num(), m = omp_get_num_threads();
                 const Eigen::Index a = Eigen::Index(n) * k / m, b = Eigen::Index(n) * (k + 1) / m;
-                if (b > a) {
-                    sT.middleRows(a, b - a).noalias() = C.middleRows(a, b - a) * c.qabs.transpose();
-                    sT.middleRows(a, b - a).noalias() += KR.middleRows(a, b - a) * qr_heads.transpose();
-                }
+                if constexpr (std::is_same_v<S, float> && latent::available())
+                    latent::scores(c.lat.data(), c.max_T, K, c.qabs.data(), K, H, int(a), int(b), c.sT.data(),
+                                   int(c.sT.rows()));
+                else if (b > a)
+                    sT.middleRows(a, b - a).noalias() = c.lat.block(0, a, K, b - a).transpose() * c.qabs.transpose();
 #pragma omp barrier
 #pragma omp for schedule(static)
                 for (int i = 0; i < H; ++i) softmax_scaled_row(&c.sT(0, i), n, scale);
                 // 5a. õ_i = p_i · C_KV  ([1, n]·[n, dc]), a block of the dc latent columns each
                 const Eigen::Index ca = Eigen::Index(dc_) * k / m, cb = Eigen::Index(dc_) * (k + 1) / m;
-                if (cb > ca) c.oT.middleRows(ca, cb - ca).noalias() = C.middleCols(ca, cb - ca).transpose() * sT;
+                if constexpr (std::is_same_v<S, float> && latent::available())
+                    latent::mix(c.lat.data(), c.max_T, n, c.sT.data(), int(c.sT.rows()), H, int(ca), int(cb),
+                                c.oT.data(), dc_);
+                else if (cb > ca)
+                    c.oT.middleRows(ca, cb - ca).noalias() = c.lat.block(ca, 0, cb - ca, n) * sT;
 #pragma omp barrier
                 // 5b. o_i = õ_i · W_UV,iᵀ  ([1, dc]·[dc, dh])
 #pragma omp for schedule(static)

@@ -12,6 +12,7 @@
 // one block of rows at a time, a scratch that stays in cache.
 #pragma once
 
+#include "core/gemm.h"
 #include "core/tensor.h"
 
 #include <algorithm>
@@ -38,14 +39,14 @@ void sdpa_forward(CRefT<S> q, CRefT<S> k, CRefT<S> v, S scale, RefT<S> P, RefT<S
     for (Eigen::Index r0 = 0; r0 < T; r0 += kSdpaBlock) {
         const Eigen::Index r1 = std::min(T, r0 + kSdpaBlock), m = r1 - r0;
         // S = q kᵀ for the block's rows against keys 0..r1-1
-        P.block(r0, 0, m, r1).noalias() = q.middleRows(r0, m) * k.topRows(r1).transpose();
+        gemm::nt(P.block(r0, 0, m, r1), q.middleRows(r0, m), k.topRows(r1));
         for (Eigen::Index t = r0; t < r1; ++t) {
             S* row = &P(t, 0);
             softmax_scaled_row(row, t + 1, scale);
             std::fill(row + t + 1, row + T, S(0));
         }
         // o = P v (the block's P is 0 right of the diagonal)
-        o.middleRows(r0, m).noalias() = P.block(r0, 0, m, r1) * v.topRows(r1);
+        gemm::nn(o.middleRows(r0, m), P.block(r0, 0, m, r1), v.topRows(r1));
     }
 }
 
@@ -60,8 +61,8 @@ void sdpa_backward(CRefT<S> q, CRefT<S> k, CRefT<S> v, CRefT<S> P, CRefT<S> dout
         const auto Pb = P.block(r0, 0, m, r1);
         auto dPb = dP.block(0, 0, m, r1);
         // o = P v
-        dv.topRows(r1).noalias() += Pb.transpose() * dout.middleRows(r0, m);
-        dPb.noalias() = dout.middleRows(r0, m) * v.topRows(r1).transpose();
+        gemm::tn(dv.topRows(r1), Pb, dout.middleRows(r0, m), gemm::add);
+        gemm::nt(dPb, dout.middleRows(r0, m), v.topRows(r1));
         // P = softmax(S): dS = P ⊙ (dP − rowsum(P ⊙ dP)); fold in the scale of S = q kᵀ · scale
         for (Eigen::Index t = r0; t < r1; ++t) {
             const Eigen::Index n = t + 1;
@@ -73,8 +74,8 @@ void sdpa_backward(CRefT<S> q, CRefT<S> k, CRefT<S> v, CRefT<S> P, CRefT<S> dout
             std::fill(drow + n, drow + r1, S(0));
         }
         // S = q kᵀ
-        dq.middleRows(r0, m).noalias() = dPb * k.topRows(r1);
-        dk.topRows(r1).noalias() += dPb.transpose() * q.middleRows(r0, m);
+        gemm::nn(dq.middleRows(r0, m), dPb, k.topRows(r1));
+        gemm::tn(dk.topRows(r1), dPb, q.middleRows(r0, m), gemm::add);
     }
 }
 

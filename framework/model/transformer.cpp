@@ -4,6 +4,7 @@
 #include "model/transformer.h"
 
 #include "attention/registry.h"
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "model/ops.h"
 
@@ -211,17 +212,17 @@ double Transformer<S>::forward(const int32_t* inputs, const int32_t* targets, in
         // x_{l+1} = h + MLP_l(RMSNorm(h; mlp_norm_l)),  MLP(x) = (silu(x w_gateᵀ) ⊙ (x w_upᵀ)) w_downᵀ
         ops::rmsnorm_forward<S>(Ly.h, Ly.mlp_norm, cfg_.norm_eps, Ly.xn2, Ly.r2.data());
         lap(ot.norm_fwd);
-        Ly.ab.noalias() = Ly.xn2 * CMapT<S>(Ly.w_gate, 2 * F_, D_).transpose();   // [N, 2F]  [a | b]
+        gemm::nt(Ly.ab, Ly.xn2, CMapT<S>(Ly.w_gate, 2 * F_, D_));   // [N, 2F]  [a | b]
         ops::swiglu_forward<S>(Ly.ab.leftCols(F_), Ly.ab.rightCols(F_), Ly.hmid);
         Mat& x_next = l + 1 < L_ ? layers_[l + 1]->x_in : xf_;
         x_next = Ly.h;
-        x_next.noalias() += Ly.hmid * CMapT<S>(Ly.w_down, D_, F_).transpose();
+        gemm::nt(x_next, Ly.hmid, CMapT<S>(Ly.w_down, D_, F_), gemm::add);
         lap(ot.mlp_fwd);
     }
     // logits = RMSNorm(x_L; final_norm) lm_headᵀ
     ops::rmsnorm_forward<S>(xf_, p("final_norm"), cfg_.norm_eps, xnf_, rf_.data());
     const S* lm = cfg_.tie_embeddings ? embed : p("lm_head");
-    logits_.noalias() = xnf_ * CMapT<S>(lm, V_, D_).transpose();            // [N, V]
+    gemm::nt(logits_, xnf_, CMapT<S>(lm, V_, D_));            // [N, V]
     // loss = mean over targets != -1 of −log softmax(logits_t)[target_t]
     const double total = ops::cross_entropy_forward<S>(logits_, targets_.data(), probs_, row_loss_.data(), n_scored_);
     lap(ot.head_fwd);
@@ -244,8 +245,8 @@ void Transformer<S>::backward() {
     ops::cross_entropy_backward<S>(probs_, targets_.data(), n_scored_, probs_);
     Mat& dlogits = probs_;                                                   // [N, V]
     // logits = xnf lm_headᵀ
-    MapT<S>(dlm, V_, D_).noalias() += dlogits.transpose() * xnf_;
-    dxn_.noalias() = dlogits * CMapT<S>(lm, V_, D_);                         // [N, D]
+    gemm::tn(MapT<S>(dlm, V_, D_), dlogits, xnf_, gemm::add);
+    gemm::nn(dxn_, dlogits, CMapT<S>(lm, V_, D_));                         // [N, D]
     // xnf = RMSNorm(x_L; final_norm)
     ops::rmsnorm_backward<S>(xf_, p("final_norm"), rf_.data(), dxn_, dx_, g("final_norm"), work_);
     lap(ot.head_bwd);
@@ -253,13 +254,13 @@ void Transformer<S>::backward() {
     for (int l = L_ - 1; l >= 0; --l) {
         Layer& Ly = *layers_[l];
         // dx_ holds d x_{l+1}.  x_{l+1} = h + hmid w_downᵀ
-        MapT<S>(Ly.dw_down, D_, F_).noalias() += dx_.transpose() * Ly.hmid;
-        dhmid_.noalias() = dx_ * CMapT<S>(Ly.w_down, D_, F_);                // [N, F]
+        gemm::tn(MapT<S>(Ly.dw_down, D_, F_), dx_, Ly.hmid, gemm::add);
+        gemm::nn(dhmid_, dx_, CMapT<S>(Ly.w_down, D_, F_));                // [N, F]
         // hmid = silu(a) ⊙ b
         ops::swiglu_backward<S>(Ly.ab.leftCols(F_), Ly.ab.rightCols(F_), dhmid_, dab_.leftCols(F_), dab_.rightCols(F_));
         // [a | b] = xn2 [w_gate; w_up]ᵀ
         ops::add_weight_grad<S>(dab_, Ly.xn2, MapT<S>(Ly.dw_gate, 2 * F_, D_), wgrad_);
-        dxn_.noalias() = dab_ * CMapT<S>(Ly.w_gate, 2 * F_, D_);
+        gemm::nn(dxn_, dab_, CMapT<S>(Ly.w_gate, 2 * F_, D_));
         lap(ot.mlp_bwd);
         // xn2 = RMSNorm(h; mlp_norm); dh = d x_{l+1} + (through the MLP branch)
         ops::rmsnorm_backward<S>(Ly.h, Ly.mlp_norm, Ly.r2.data(), dxn_, dtmp_, Ly.d_mlp_norm, work_);
