@@ -114,39 +114,49 @@ TEST_CASE("KVLAB_GEMM: eigen is honoured, an unknown value is an error naming th
     CHECK(forced.output.find("KVLAB_GEMM=openblas: cannot load") != std::string::npos);
 }
 
-TEST_CASE("latent kernels: scores and mix equal the products in double, for every head and width remainder") {
+TEST_CASE("latent kernels: scores and mix over the tiled cache equal the products in double") {
     Rng rng(7);
-    // token counts and widths that are not multiples of 16 or 32, head counts below, at
-    // and above the 8-head block
+    // capacities that are and are not multiples of the 32-token tile, latent widths that are
+    // not multiples of 16, head counts below, at and above the 8-head block; token ranges
+    // that start and end inside tiles
     struct Dims {
-        int n, K, dc, H;
+        int cap, n, K, dc, H;
     };
-    for (const Dims d : {Dims{50, 42, 37, 11}, Dims{7, 16, 16, 3}, Dims{97, 144, 128, 8}, Dims{33, 66, 49, 9}}) {
+    for (const Dims d : {Dims{55, 50, 42, 37, 11}, Dims{7, 7, 16, 16, 3}, Dims{128, 97, 144, 128, 8},
+                         Dims{70, 66, 66, 49, 9}}) {
+        CAPTURE(d.cap);
         CAPTURE(d.n);
         CAPTURE(d.K);
         CAPTURE(d.H);
-        const int ld = d.n + 5;   // the cache's capacity: more columns than tokens
-        const Mat LT = random_mat<float>(d.K, ld, rng), q = random_mat<float>(d.H, d.K, rng);
-        const MatD want_s = LT.leftCols(d.n).cast<double>().transpose() * q.cast<double>().transpose();   // [n, H]
-        // head-major scores with a leading dimension larger than n, filled in two token ranges
+        // the cache's values as a plain [K, cap] matrix, and laid out in tiles
+        const Mat plain = random_mat<float>(d.K, d.cap, rng), q = random_mat<float>(d.H, d.K, rng);
+        std::vector<float> lat(size_t(d.K) * d.cap, std::nanf(""));
+        for (int k = 0; k < d.K; ++k)
+            for (int t = 0; t < d.cap; ++t) lat[latent::latent_index(d.K, d.cap, k, t)] = plain(k, t);
+        for (float v : lat) REQUIRE(!std::isnan(v));   // the layout covers every float once
+        const MatD want_s = plain.leftCols(d.n).cast<double>().transpose() * q.cast<double>().transpose();   // [n, H]
+        // head-major scores with a leading dimension larger than n, in three token ranges
         const int ld_s = d.n + 3;
         std::vector<float> s(size_t(ld_s) * d.H, -7.0f);
-        const int split = d.n / 3;
-        latent::scores(LT.data(), ld, d.K, q.data(), d.K, d.H, 0, split, s.data(), ld_s);
-        latent::scores(LT.data(), ld, d.K, q.data(), d.K, d.H, split, d.n, s.data(), ld_s);
+        const int s1 = d.n / 3, s2 = 2 * d.n / 3 + 1;
+        for (const auto& [a, b] : {std::pair{0, s1}, std::pair{s1, s2}, std::pair{s2, d.n}})
+            latent::scores(lat.data(), d.K, d.cap, q.data(), d.K, d.H, a, b, s.data(), ld_s);
         MatD got_s(d.n, d.H);
         for (int h = 0; h < d.H; ++h) {
             for (int t = 0; t < d.n; ++t) got_s(t, h) = s[size_t(h) * ld_s + t];
             for (int t = d.n; t < ld_s; ++t) CHECK(s[size_t(h) * ld_s + t] == -7.0f);   // padding untouched
         }
         CHECK(rel_diff(got_s, want_s) < 1e-5);
-        // mix over the first dc latent rows, in two ranges of rows
-        const MatD want_o = LT.topLeftCorner(d.dc, d.n).cast<double>() * got_s;   // [dc, H]
+        // mix over the first dc latents: two ranges of latents, each summed over two token
+        // ranges (the second accumulating), as the decode's chunks do
+        const MatD want_o = plain.topLeftCorner(d.dc, d.n).cast<double>() * got_s;   // [dc, H]
         const int ld_o = d.dc + 2;
         std::vector<float> o(size_t(ld_o) * d.H, -7.0f);
-        const int ksplit = d.dc / 2 + 1;
-        latent::mix(LT.data(), ld, d.n, s.data(), ld_s, d.H, 0, ksplit, o.data(), ld_o);
-        latent::mix(LT.data(), ld, d.n, s.data(), ld_s, d.H, ksplit, d.dc, o.data(), ld_o);
+        const int ksplit = d.dc / 2 + 1, tsplit = d.n / 2 + 3 < d.n ? d.n / 2 + 3 : d.n;
+        for (const auto& [ka, kb] : {std::pair{0, ksplit}, std::pair{ksplit, d.dc}}) {
+            latent::mix(lat.data(), d.K, d.cap, 0, tsplit, s.data(), ld_s, d.H, ka, kb, o.data(), ld_o);
+            latent::mix(lat.data(), d.K, d.cap, tsplit, d.n, s.data(), ld_s, d.H, ka, kb, o.data(), ld_o, true);
+        }
         MatD got_o(d.dc, d.H);
         for (int h = 0; h < d.H; ++h) {
             for (int k = 0; k < d.dc; ++k) got_o(k, h) = o[size_t(h) * ld_o + k];

@@ -3,17 +3,21 @@
 // packs the cache (reads and writes a copy of it) before it multiplies, with only
 // H = n_heads columns to amortise that over.
 //
-// The cache is latent-major: LT [K, ld] row-major holds token t in column t (K = dc + dR
-// rows: c_KV, then kR), so 16 consecutive tokens are one vector load.
-//   scores  s[t, h] = Σ_k LT[k, t] · q[h, k]         for t in [a, b), all h   (q [H, K])
-//   mix     õ[k, h] = Σ_{t < n} p[t, h] · LT[k, t]    for k in [ka, kb), all h
+// The cache (cap tokens) is latent-major in tiles of kTile = 32 tokens: tile j holds tokens
+// 32j..32j+31 as a [K, 32] row-major block (K = dc + dR latents: c_KV, then kR), tiles one
+// after the other; the last tile is [K, cap − 32j] when cap is not a multiple of 32, so the
+// cache is exactly cap · K floats. A tile's 16 consecutive tokens of one latent are one vector load, and the scores
+// read each tile front to back (a plain latent-major [K, max_T] layout made every latent
+// row its own memory stream, 144 of them, and ran 2× slower at 4096 tokens).
+//   scores  s[t, h] = Σ_k lat(k, t) · q[h, k]          for t in [a, b), all h   (q [H, K])
+//   mix     õ[k, h] = Σ_{t0 ≤ t < t1} p[t, h] · lat(k, t)   for k in [ka, kb), all h
 // s, p and õ are head-major: s(t, h) at s[h·ld_s + t] (a head's scores are contiguous, for
 // its softmax), õ(k, h) at o[h·ld_o + k].
-// Register blocking: scores keeps 32 tokens × 8 heads in 16 registers; per latent row it
-// loads 2 vectors of the cache and broadcasts 8 query values for 16 FMAs, with no
+// Register blocking: scores keeps a tile's 32 tokens × 8 heads in 16 registers; per latent
+// it loads 2 vectors of the tile and broadcasts 8 query values for 16 FMAs, with no
 // horizontal sums. mix keeps 3 latents × 8 heads in 24 registers; per 16 tokens it loads 3
 // cache vectors and 8 probability vectors for 24 FMAs, and sums each register's lanes once
-// at the end. Sums run in a fixed order for a given (a, b) or (ka, kb).
+// at the end. Sums run in a fixed order for a given (a, b) or (t0, t1, ka, kb).
 // available() is false without AVX-512: the functions are then plain loops, and callers
 // use Eigen's products instead.
 #pragma once
@@ -31,6 +35,18 @@ namespace kvlab::latent {
 
 constexpr bool available() { return KVLAB_LATENT_KERNELS != 0; }
 
+// Tokens per tile of the cache layout (see the top of the file).
+inline constexpr int kTile = 32;
+
+// Where latent k of token t is, in a cache of cap tokens.
+inline size_t latent_index(int K, int cap, int k, int t) {
+    const int tile = t / kTile, width = std::min(kTile, cap - tile * kTile);
+    return size_t(tile) * K * kTile + size_t(k) * width + t % kTile;
+}
+inline const float* latent_at(const float* lat, int K, int cap, int k, int t) {
+    return lat + latent_index(K, cap, k, t);
+}
+
 #if KVLAB_LATENT_KERNELS
 
 namespace detail {
@@ -44,24 +60,35 @@ inline __mmask16 tail_mask(int left) {
 // The accumulators stay in registers only when every loop over them is unrolled and
 // nothing takes their address: hence the pragmas and always_inline (an out-of-line helper
 // kept them in memory, 3× slower).
+// Width of the tile holding token t: the stride between its latents.
+KVLAB_ALWAYS_INLINE int tile_width(int cap, int t) { return std::min(kTile, cap - t / kTile * kTile); }
+
+// Tokens [t0, t0 + len), len ≤ 32, all inside one tile.
 template <int TV, int HB>
-KVLAB_ALWAYS_INLINE void scores_block(const float* LT, int ld, int K, const float* q, int ldq, int h0, int t0, int tend,
-                                      float* s, int ld_s) {
+KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const float* q, int ldq, int h0, int t0,
+                                      int len, float* s, int ld_s) {
     __m512 acc[TV][HB];
     __mmask16 m[TV];
 #pragma GCC unroll 8
     for (int j = 0; j < TV; ++j) {
-        m[j] = tail_mask(tend - (t0 + 16 * j));
+        m[j] = tail_mask(len - 16 * j);
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) acc[j][h] = _mm512_setzero_ps();
     }
     const float* qh[HB];
 #pragma GCC unroll 8
     for (int h = 0; h < HB; ++h) qh[h] = q + (h0 + h) * ldq;
-    for (int k = 0; k < K; ++k) {
+    const float* row = latent_at(lat, K, cap, 0, t0);   // the tile's rows follow each other
+    const int w = tile_width(cap, t0);
+    const size_t next = size_t(K) * kTile;   // the same latent of the next tile
+    for (int k = 0; k < K; ++k, row += w) {
+        // The next tile is fetched while this one is multiplied: left to the hardware
+        // prefetcher, the scores ran at half the memory bandwidth the MHA decode reaches.
+        _mm_prefetch(reinterpret_cast<const char*>(row + next), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(row + next + 16), _MM_HINT_T0);
         __m512 x[TV];
 #pragma GCC unroll 8
-        for (int j = 0; j < TV; ++j) x[j] = _mm512_maskz_loadu_ps(m[j], LT + k * ld + t0 + 16 * j);
+        for (int j = 0; j < TV; ++j) x[j] = _mm512_maskz_loadu_ps(m[j], row + 16 * j);
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) {
             const __m512 w = _mm512_set1_ps(qh[h][k]);
@@ -76,29 +103,36 @@ KVLAB_ALWAYS_INLINE void scores_block(const float* LT, int ld, int K, const floa
 }
 
 template <int KB, int HB>
-KVLAB_ALWAYS_INLINE void mix_block(const float* LT, int ld, int n, const float* p, int ld_p, int h0, int k0, float* o,
-                                   int ld_o) {
+KVLAB_ALWAYS_INLINE void mix_block(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int h0,
+                                   int k0, float* o, int ld_o, bool accumulate) {
     __m512 acc[KB][HB];
 #pragma GCC unroll 8
     for (int j = 0; j < KB; ++j)
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) acc[j][h] = _mm512_setzero_ps();
-    for (int t = 0; t < n; t += 16) {
-        const __mmask16 m = tail_mask(n - t);
+    for (int t = t0; t < t1;) {
+        const int step = std::min({16, t1 - t, kTile - t % kTile});   // never across a tile
+        const __mmask16 m = tail_mask(step);
+        const float* row = latent_at(lat, K, cap, k0, t);
+        const int w = tile_width(cap, t);
         __m512 x[KB];
 #pragma GCC unroll 8
-        for (int j = 0; j < KB; ++j) x[j] = _mm512_maskz_loadu_ps(m, LT + (k0 + j) * ld + t);
+        for (int j = 0; j < KB; ++j) x[j] = _mm512_maskz_loadu_ps(m, row + j * w);
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) {
             const __m512 w = _mm512_maskz_loadu_ps(m, p + (h0 + h) * ld_p + t);
 #pragma GCC unroll 8
             for (int j = 0; j < KB; ++j) acc[j][h] = _mm512_fmadd_ps(x[j], w, acc[j][h]);
         }
+        t += step;
     }
 #pragma GCC unroll 8
     for (int j = 0; j < KB; ++j)
 #pragma GCC unroll 8
-        for (int h = 0; h < HB; ++h) o[(h0 + h) * ld_o + k0 + j] = _mm512_reduce_add_ps(acc[j][h]);
+        for (int h = 0; h < HB; ++h) {
+            float& out = o[(h0 + h) * ld_o + k0 + j];
+            out = (accumulate ? out : 0.0f) + _mm512_reduce_add_ps(acc[j][h]);
+        }
 }
 
 // Calls BLOCK<.., nh>(ARGS) for the head counts nh = 8, 8, ..., then the remainder.
@@ -117,53 +151,61 @@ KVLAB_ALWAYS_INLINE void mix_block(const float* LT, int ld, int n, const float* 
     }
 
 template <int TV>
-void scores_heads(const float* LT, int ld, int K, const float* q, int ldq, int H, int t0, int tend, float* s,
+void scores_heads(const float* lat, int K, int cap, const float* q, int ldq, int H, int t0, int len, float* s,
                   int ld_s) {
-    KVLAB_HEAD_BLOCKS(scores_block, TV, LT, ld, K, q, ldq, h0, t0, tend, s, ld_s)
+    KVLAB_HEAD_BLOCKS(scores_block, TV, lat, K, cap, q, ldq, h0, t0, len, s, ld_s)
 }
 
 template <int KB>
-void mix_heads(const float* LT, int ld, int n, const float* p, int ld_p, int H, int k0, float* o, int ld_o) {
-    KVLAB_HEAD_BLOCKS(mix_block, KB, LT, ld, n, p, ld_p, h0, k0, o, ld_o)
+void mix_heads(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int H, int k0, float* o,
+               int ld_o, bool accumulate) {
+    KVLAB_HEAD_BLOCKS(mix_block, KB, lat, K, cap, t0, t1, p, ld_p, h0, k0, o, ld_o, accumulate)
 }
 
 #undef KVLAB_HEAD_BLOCKS
 
 }  // namespace detail
 
-// s(t, h) for t in [a, b) (see the top of the file), 32 tokens × 8 heads at a time.
-inline void scores(const float* LT, int ld, int K, const float* q, int ldq, int H, int a, int b, float* s, int ld_s) {
-    int t = a;
-    for (; t + 32 <= b; t += 32) detail::scores_heads<2>(LT, ld, K, q, ldq, H, t, t + 32, s, ld_s);
-    if (b - t > 16) detail::scores_heads<2>(LT, ld, K, q, ldq, H, t, b, s, ld_s);
-    else if (b > t) detail::scores_heads<1>(LT, ld, K, q, ldq, H, t, b, s, ld_s);
+// s(t, h) for t in [a, b) (see the top of the file), a tile's 32 tokens × 8 heads at a time.
+inline void scores(const float* lat, int K, int cap, const float* q, int ldq, int H, int a, int b, float* s,
+                   int ld_s) {
+    for (int t = a; t < b;) {
+        const int len = std::min(b - t, kTile - t % kTile);
+        if (len > 16) detail::scores_heads<2>(lat, K, cap, q, ldq, H, t, len, s, ld_s);
+        else detail::scores_heads<1>(lat, K, cap, q, ldq, H, t, len, s, ld_s);
+        t += len;
+    }
 }
 
-// õ(k, h) for k in [ka, kb) over the first n cached tokens, 3 latents × 8 heads at a time.
-inline void mix(const float* LT, int ld, int n, const float* p, int ld_p, int H, int ka, int kb, float* o, int ld_o) {
+// õ(k, h) for k in [ka, kb) over tokens [t0, t1) (added to õ when accumulate), 3 latents ×
+// 8 heads at a time.
+inline void mix(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int H, int ka, int kb,
+                float* o, int ld_o, bool accumulate = false) {
     int k = ka;
-    for (; k + 3 <= kb; k += 3) detail::mix_heads<3>(LT, ld, n, p, ld_p, H, k, o, ld_o);
-    if (kb - k == 2) detail::mix_heads<2>(LT, ld, n, p, ld_p, H, k, o, ld_o);
-    else if (kb - k == 1) detail::mix_heads<1>(LT, ld, n, p, ld_p, H, k, o, ld_o);
+    for (; k + 3 <= kb; k += 3) detail::mix_heads<3>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
+    if (kb - k == 2) detail::mix_heads<2>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
+    else if (kb - k == 1) detail::mix_heads<1>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
 }
 
 #else  // the same products in plain loops; callers use Eigen's products instead (available() is false)
 
-inline void scores(const float* LT, int ld, int K, const float* q, int ldq, int H, int a, int b, float* s, int ld_s) {
+inline void scores(const float* lat, int K, int cap, const float* q, int ldq, int H, int a, int b, float* s,
+                   int ld_s) {
     for (int h = 0; h < H; ++h)
         for (int t = a; t < b; ++t) {
             float acc = 0;
-            for (int k = 0; k < K; ++k) acc += LT[k * ld + t] * q[h * ldq + k];
+            for (int k = 0; k < K; ++k) acc += *latent_at(lat, K, cap, k, t) * q[h * ldq + k];
             s[h * ld_s + t] = acc;
         }
 }
 
-inline void mix(const float* LT, int ld, int n, const float* p, int ld_p, int H, int ka, int kb, float* o, int ld_o) {
+inline void mix(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int H, int ka, int kb,
+                float* o, int ld_o, bool accumulate = false) {
     for (int h = 0; h < H; ++h)
         for (int k = ka; k < kb; ++k) {
             float acc = 0;
-            for (int t = 0; t < n; ++t) acc += p[h * ld_p + t] * LT[k * ld + t];
-            o[h * ld_o + k] = acc;
+            for (int t = t0; t < t1; ++t) acc += p[h * ld_p + t] * *latent_at(lat, K, cap, k, t);
+            o[h * ld_o + k] = (accumulate ? o[h * ld_o + k] : 0.0f) + acc;
         }
 }
 

@@ -273,15 +273,19 @@ public:
     struct Cache final : DecodeCache {
         using ColMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
         bool naive = false;
-        // Latent-major, token t in column t: rows 0..dc-1 c_KV, rows dc..dc+dR-1 the RoPE'd
-        // shared key kR, of tokens 0..length-1 (counted). 16 tokens are one vector load for
-        // latent_kernels.h.
-        Mat lat;                       // [dc + dR, max_T]
+        // Latent-major: c_KV (latents 0..dc-1) and the RoPE'd shared key kR (dc..dc+dR-1) of
+        // tokens 0..length-1, token t in column t (counted). For absorbed decoding in float
+        // with AVX-512 in latent_kernels.h's tiles of 32 tokens (tiled); otherwise plain,
+        // [dc + dR, max_T] row-major. dc + dR floats per token either way.
+        bool tiled = false;
+        VecT<S> lat;
         Mat tok;                       // [1, dc + dR]  this token's c_KV and kR before they are stored
         // Per-step scratch, not counted in bytes():
         Mat cq;                        // [1, dcp]
         Mat qc, qr;                    // [1, H*dh], [1, H*dR]
         Mat qabs;                      // [H, dc + dR]  absorbed queries [q̃_i | qR_i], q̃_i = qC_i W_UK,i
+        Mat part_o;                    // fused: [threads·H, dc] each thread's unnormalised õ per head
+        std::vector<S> part_m, part_l; // fused: [threads·H] its running max and Σ exp per head
         ColMat sT;                     // [max_T, H] scores, then probabilities; head i's in column i
         ColMat oT;                     // [dc, H]   õ_iᵀ = C_KVᵀ p_iᵀ in column i
         Mat o;                         // [1, H*dh] concat_i(o_i)
@@ -289,6 +293,12 @@ public:
         Mat qcat, kcat, p;             // naive: [1, dk], [max_T, dk], [1, max_T]
         Rope<S> rope;                  // cos/sin tables for positions 0..max_T-1 (the forward's values)
         int64_t bytes() const override { return static_cast<int64_t>(lat.size() * sizeof(S)); }
+        int K() const { return int(tok.cols()); }
+        Eigen::Map<const Mat> plain() const { return {lat.data(), K(), max_T}; }   // when !tiled
+        void store(int t) {   // this token (tok) into column t
+            for (int k = 0; k < K(); ++k)
+                lat[Eigen::Index(tiled ? latent::latent_index(K(), max_T, k, t) : size_t(k) * max_T + t)] = tok(0, k);
+        }
     };
 
     std::unique_ptr<DecodeCache> new_decode_cache(int max_T, std::string_view impl) const override {
@@ -300,7 +310,8 @@ public:
         auto c = std::make_unique<Cache>();
         c->naive = impl == "naive";
         c->max_T = max_T;
-        c->lat.resize(dc_ + dR_, max_T);
+        c->tiled = kFused && !c->naive;
+        c->lat.resize(Eigen::Index(dc_ + dR_) * max_T);
         c->tok.resize(1, dc_ + dR_);
         c->cq.resize(1, dcp_);
         c->qc.resize(1, H * dh);
@@ -331,6 +342,58 @@ public:
     //   precomputed: it costs H·dh·dc per token (the size of w_uk) and can never go stale.
     // naive: decompress kC = C_KV w_ukᵀ and V = C_KV w_uvᵀ for every cached token at every
     //   step (into scratch) and attend as forward does: the reference path.
+    // Absorbed decoding in float runs the AVX-512 kernels of latent_kernels.h, when built in.
+    static constexpr bool kFused = std::is_same_v<S, float> && latent::available();
+    // Cached tokens per chunk of latent_part: the chunk's latents (K · 512 floats, 288 KiB at
+    // K = 144) are read from memory by the scores and again, from L2, by p · C_KV.
+    static constexpr int kLatentChunk = 512;
+
+    // One thread's share of steps 4-5a, tokens [a, b) of the cache, in chunks, with the
+    // online softmax: per head a running max m and sum l of exp(s·scale − m), and the
+    // unnormalised õ rescaled by exp(m_old − m_new) whenever the max grows. The values are
+    // those of softmax then p · C_KV (summation order aside).
+    void latent_part(Cache& c, int thread, int a, int b, S scale) const {
+        if constexpr (kFused) {
+            const int H = H_, K = dc_ + dR_, ld_s = int(c.sT.rows());
+            S* o = c.part_o.data() + size_t(thread) * H * dc_;
+            S* mh = c.part_m.data() + size_t(thread) * H;
+            S* lh = c.part_l.data() + size_t(thread) * H;
+            std::fill(o, o + size_t(H) * dc_, S(0));
+            std::fill(mh, mh + H, -std::numeric_limits<S>::infinity());
+            std::fill(lh, lh + H, S(0));
+            for (int c0 = a; c0 < b; c0 += kLatentChunk) {
+                const int len = std::min(b, c0 + kLatentChunk) - c0;
+                latent::scores(c.lat.data(), K, c.max_T, c.qabs.data(), K, H, c0, c0 + len, c.sT.data(), ld_s);
+                for (int h = 0; h < H; ++h) {
+                    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> sv(c.sT.data() + size_t(h) * ld_s + c0, len);
+                    const S mx = std::max(mh[h], sv.maxCoeff() * scale);
+                    sv = (sv * scale - mx).exp();
+                    const S f = std::exp(mh[h] - mx);   // 0 on the first chunk
+                    lh[h] = lh[h] * f + sv.sum();
+                    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(o + size_t(h) * dc_, dc_) *= f;
+                    mh[h] = mx;
+                }
+                latent::mix(c.lat.data(), K, c.max_T, c0, c0 + len, c.sT.data(), ld_s, H, 0, dc_, o, dc_, true);
+            }
+        }
+    }
+
+    // õ_i = Σ_threads õ_part · exp(m_part − M) / Σ_threads l_part · exp(m_part − M), M the
+    // largest m_part, into column i of oT. A thread without tokens has m = −inf: weight 0.
+    void combine_parts(Cache& c, int threads, int i) const {
+        S M = -std::numeric_limits<S>::infinity();
+        for (int r = 0; r < threads; ++r) M = std::max(M, c.part_m[size_t(r) * H_ + i]);
+        S L = 0;
+        auto col = c.oT.col(i);
+        col.setZero();
+        for (int r = 0; r < threads; ++r) {
+            const S w = std::exp(c.part_m[size_t(r) * H_ + i] - M);
+            L += c.part_l[size_t(r) * H_ + i] * w;
+            col += w * c.part_o.row(r * H_ + i).transpose();
+        }
+        col *= S(1) / L;
+    }
+
     void decode_step(DecodeCache& base, CRef x, Ref out) const override {
         auto& c = static_cast<Cache&>(base);
         KV_CHECK(c.length < c.max_T, "decode cache full ({} tokens)", c.max_T);
@@ -356,9 +419,7 @@ public:
         // 2. RoPE at position t; the token joins the cache as column t
         c.rope.apply(c.qr.data(), H, t);
         c.rope.apply(kr_t.data(), 1, t);
-        c.lat.col(t) = c.tok.transpose();
-        const auto C = c.lat.topLeftCorner(dc_, n).transpose();             // [n, dc]
-        const auto KR = c.lat.block(dc_, 0, dR, n).transpose();             // [n, dR]
+        c.store(t);
         if (!c.naive) {
             // With more than one thread and enough cached tokens, each step below is shared
             // out: heads (3, softmax, 5b), cached tokens (4) or latent columns (5a).
@@ -371,30 +432,41 @@ public:
                 c.qabs.row(i).rightCols(dR) = c.qr.middleCols(i * dR, dR);
             }
             // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale = [q̃_i | qR_i] · lat[:, t'],
-            //    softmax over t'. In float with AVX-512, 4 and 5a run in latent_kernels.h's
-            //    kernels, straight over the cache; otherwise in Eigen's products.
+            //    softmax over t'; 5a. õ_i = p_i · C_KV.
+            //    In float with AVX-512 (kFused), 4 and 5a are one pass over the cache: each
+            //    thread takes a range of cached tokens, in chunks that stay in L2, with an
+            //    online softmax (latent_part), and the threads' parts are combined per head.
+            //    Otherwise: Eigen's products, the scores of all tokens first.
             const int K = dc_ + dR;
             auto sT = c.sT.topRows(n);                                       // [n, H]
+            if constexpr (kFused) {
+                c.part_o.resize(nt * H, dc_);   // no allocation once sized
+                c.part_m.resize(size_t(nt) * H);
+                c.part_l.resize(size_t(nt) * H);
+            }
 #pragma omp parallel num_threads(nt)
             {
                 const int k = omp_get_thread_num(), m = omp_get_num_threads();
-                const Eigen::Index a = Eigen::Index(n) * k / m, b = Eigen::Index(n) * (k + 1) / m;
-                if constexpr (std::is_same_v<S, float> && latent::available())
-                    latent::scores(c.lat.data(), c.max_T, K, c.qabs.data(), K, H, int(a), int(b), c.sT.data(),
-                                   int(c.sT.rows()));
-                else if (b > a)
-                    sT.middleRows(a, b - a).noalias() = c.lat.block(0, a, K, b - a).transpose() * c.qabs.transpose();
+                // token ranges start on a tile (32 tokens) so that no tile is split between threads
+                const auto edge = [&](int r) { return r == m ? Eigen::Index(n) : Eigen::Index(n) * r / m / 32 * 32; };
+                const Eigen::Index a = edge(k), b = edge(k + 1);
+                if constexpr (kFused) {
+                    // 4-5a in one pass over this thread's tokens, then the threads' parts combined
+                    latent_part(c, k, int(a), int(b), scale);
 #pragma omp barrier
 #pragma omp for schedule(static)
-                for (int i = 0; i < H; ++i) softmax_scaled_row(&c.sT(0, i), n, scale);
-                // 5a. õ_i = p_i · C_KV  ([1, n]·[n, dc]), a block of the dc latent columns each
-                const Eigen::Index ca = Eigen::Index(dc_) * k / m, cb = Eigen::Index(dc_) * (k + 1) / m;
-                if constexpr (std::is_same_v<S, float> && latent::available())
-                    latent::mix(c.lat.data(), c.max_T, n, c.sT.data(), int(c.sT.rows()), H, int(ca), int(cb),
-                                c.oT.data(), dc_);
-                else if (cb > ca)
-                    c.oT.middleRows(ca, cb - ca).noalias() = c.lat.block(ca, 0, cb - ca, n) * sT;
+                    for (int i = 0; i < H; ++i) combine_parts(c, m, i);
+                } else {
+                    if (b > a)
+                        sT.middleRows(a, b - a).noalias() = c.plain().block(0, a, K, b - a).transpose() * c.qabs.transpose();
 #pragma omp barrier
+#pragma omp for schedule(static)
+                    for (int i = 0; i < H; ++i) softmax_scaled_row(&c.sT(0, i), n, scale);
+                    // 5a. õ_i = p_i · C_KV  ([1, n]·[n, dc]), a block of the dc latent columns each
+                    const Eigen::Index ca = Eigen::Index(dc_) * k / m, cb = Eigen::Index(dc_) * (k + 1) / m;
+                    if (cb > ca) c.oT.middleRows(ca, cb - ca).noalias() = c.plain().block(ca, 0, cb - ca, n) * sT;
+#pragma omp barrier
+                }
                 // 5b. o_i = õ_i · W_UV,iᵀ  ([1, dc]·[dc, dh])
 #pragma omp for schedule(static)
                 for (int i = 0; i < H; ++i)
@@ -402,6 +474,8 @@ public:
                         c.oT.col(i).transpose() * w_uv_.W().middleRows(i * dh, dh).transpose();
             }
         } else {
+            const auto C = c.plain().topLeftCorner(dc_, n).transpose();     // [n, dc]
+            const auto KR = c.plain().block(dc_, 0, dR, n).transpose();     // [n, dR]
             // 3. decompress every cached token: kC = C_KV w_ukᵀ, V = C_KV w_uvᵀ   [n, H*dh] each
             c.kc_all.topRows(n).noalias() = C * w_uk_.W().transpose();
             c.v_all.topRows(n).noalias() = C * w_uv_.W().transpose();
