@@ -1,6 +1,7 @@
 // kvlab train, list, gradcheck.
 #include "attention/registry.h"
 #include "cli.h"
+#include "core/gemm.h"
 #include "core/rng.h"
 #include "dist/mpi.h"
 #include "io/results.h"
@@ -101,9 +102,9 @@ int cmd_train(int argc, char** argv) {
     fmt::print("run {} ({}, {} params, KV cache {} elements/token): val_loss {:.4f} ({:.4f} bits/byte)",
                s.run_id, cfg.model.attention, s.n_params, s.kv_elements_per_token, s.val_loss, s.val_bits_per_byte);
     if (s.val_accuracy) fmt::print(", accuracy {:.4f}", *s.val_accuracy);
-    fmt::print("\n{:.0f} tokens/s on {} thread(s){}, {:.1f} s; results: {}:/runs/{}\n", s.tokens_per_second, s.threads,
-               dist::active() ? fmt::format(" x {} MPI ranks", dist::size()) : "", s.wall_seconds, s.results_path,
-               s.run_id);
+    fmt::print("\n{:.0f} tokens/s on {} thread(s){} ({}), {:.1f} s; results: {}:/runs/{}\n", s.tokens_per_second,
+               s.threads, dist::active() ? fmt::format(" x {} MPI ranks", dist::size()) : "", gemm::init().brief(),
+               s.wall_seconds, s.results_path, s.run_id);
     return 0;
 }
 

@@ -126,6 +126,9 @@ TEST_CASE("a good config trains and writes its run") {
     const auto r = run(fmt::format("train {} --quiet --set output.path={}", cfg, out));
     CHECK(r.status == 0);
     CHECK(fs::exists(out));
+    // the closing line names the thread count and the GEMM backend of the run
+    INFO(r.output);
+    CHECK(r.output.find(" thread(s) (GEMM: ") != std::string::npos);
     // a completed run is not overwritten without --overwrite
     CHECK(run(fmt::format("train {} --quiet --set output.path={}", cfg, out)).status == 2);
     CHECK(run(fmt::format("train {} --quiet --overwrite --set output.path={}", cfg, out)).status == 0);

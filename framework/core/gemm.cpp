@@ -279,6 +279,10 @@ std::string Info::describe() const {
     return fmt::format("OpenBLAS, core {} (asked for {}), OpenMP build {}; {}", core, requested, library, why);
 }
 
+std::string Info::brief() const {
+    return backend == Backend::eigen ? std::string("GEMM: Eigen") : "GEMM: OpenBLAS " + core;
+}
+
 const Info& init() {
     static std::once_flag once;
     static std::optional<Error> failure;

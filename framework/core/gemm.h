@@ -13,8 +13,8 @@
 //   eigen     Eigen's own GEMM, built for the host (-march=native): when no OpenMP build
 //             of OpenBLAS is installed, when the CPU has neither AVX-512 nor AVX2+FMA, when
 //             the check fails, or when asked for.
-// Measured on a 2-core AVX-512 EPYC (README, "Speed"): OpenBLAS SkylakeX 160–190 GFLOP/s on
-// one core and 290–345 on two at the model's shapes, against Eigen's 105–125 and 195–240.
+// Measured on a 2-core AVX-512 EPYC (README, "Speed"): OpenBLAS SkylakeX 166–203 GFLOP/s on
+// one core and 308–346 on two (1024³), 1.2–1.7× Eigen's GEMM on the model's shapes.
 // Debian's OpenBLAS left to itself picks Prescott kernels on some AVX-512 CPUs it does not
 // know (about 30 GFLOP/s), and OPENBLAS_CORETYPE set in the environment for other programs
 // may name a slower core: kvlab sets the core type itself while it loads the library and
@@ -44,6 +44,7 @@ struct Info {
     std::string core;        // the core type OpenBLAS reports it runs
     std::string why;         // why this backend: the CPU features seen, or what failed
     std::string describe() const;   // one line for logs and benchmark headers
+    std::string brief() const;      // "GEMM: OpenBLAS SkylakeX" or "GEMM: Eigen"
 };
 
 // Chooses and verifies the backend once (thread-safe); later calls return the same.
