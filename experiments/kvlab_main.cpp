@@ -95,9 +95,9 @@ int main(int argc, char** argv) {
     // Error messages: under MPI, ranks other than 0 name themselves (see dist/mpi.h).
     auto who = [&] { return dist::active() && !dist::root() ? fmt::format("[rank {}] ", dist::rank()) : std::string(); };
     try {
-        // The GEMM backend is chosen before any thread starts: loading OpenBLAS sets its
-        // core type through the environment (core/gemm.h).
-        gemm::init();
+        // A bad KVLAB_GEMM fails every command at once; the backend itself is loaded by
+        // the first model or product (core/gemm.h).
+        gemm::check_env();
         for (const auto& c : commands())
             if (argv[1] == std::string(c.name)) {
                 const int rc = c.run(argc, argv);

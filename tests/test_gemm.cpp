@@ -107,7 +107,8 @@ TEST_CASE("KVLAB_GEMM: eigen is honoured, an unknown value is an error naming th
     INFO(missing.output);
     CHECK(missing.status == 0);
     CHECK(missing.output.find("cannot load " + (tmp / "nope.so")) != std::string::npos);
-    const auto forced = run_shell(fmt::format("KVLAB_GEMM=openblas KVLAB_OPENBLAS_LIB={} '{}' list",
+    const auto forced = run_shell(fmt::format("KVLAB_GEMM=openblas KVLAB_OPENBLAS_LIB={} '{}' bench --config small "
+                                              "--plugins mha --threads 1 --parts gemm",
                                               tmp / "nope.so", KVLAB_BINARY));
     INFO(forced.output);
     CHECK(forced.status == 2);

@@ -183,11 +183,12 @@ std::optional<std::string> verify(const Blas& b) {
                     if (auto e = check_product<float>(b, ta, tb, s.m, s.n, s.k, strided, acc, 1, rng)) return e;
                     if (auto e = check_product<double>(b, ta, tb, s.m, s.n, s.k, strided, acc, 1, rng)) return e;
                 }
-    // Threads: one product split by OpenBLAS between all threads, then concurrent calls.
-    if (auto e = check_product<float>(b, false, true, 384, 320, 256, false, false, 1, rng)) return e;
-    if (auto e = check_product<float>(b, true, false, 320, 256, 384, true, true, 1, rng)) return e;
-    if (auto e = check_product<float>(b, false, false, 200, 96, 160, true, false, 2, rng)) return e;
-    if (auto e = check_product<double>(b, false, true, 256, 192, 160, false, false, 1, rng)) return e;
+    // Threads: products OpenBLAS splits between all threads (m·n·k above its 2^18
+    // threshold), then concurrent calls.
+    if (auto e = check_product<float>(b, false, true, 192, 160, 128, false, false, 1, rng)) return e;
+    if (auto e = check_product<float>(b, true, false, 160, 128, 192, true, true, 1, rng)) return e;
+    if (auto e = check_product<float>(b, false, false, 120, 96, 80, true, false, 2, rng)) return e;
+    if (auto e = check_product<double>(b, false, true, 128, 96, 112, false, false, 1, rng)) return e;
     return std::nullopt;
 }
 
@@ -225,11 +226,16 @@ std::optional<std::string> load_openblas(const std::string& path, const std::str
     return std::nullopt;
 }
 
-Info choose() {
-    Info info;
+std::string mode_from_env() {
     const std::string mode = env("KVLAB_GEMM").empty() ? "auto" : env("KVLAB_GEMM");
     if (mode != "auto" && mode != "openblas" && mode != "eigen")
         throw Error(fmt::format("KVLAB_GEMM=\"{}\": allowed are auto (the default), openblas and eigen", mode));
+    return mode;
+}
+
+Info choose() {
+    Info info;
+    const std::string mode = mode_from_env();
     if (mode == "eigen") {
         info.why = "KVLAB_GEMM=eigen";
         return info;
@@ -247,7 +253,13 @@ Info choose() {
     const std::string path = env("KVLAB_OPENBLAS_LIB").empty() ? KVLAB_OPENBLAS_OPENMP : env("KVLAB_OPENBLAS_LIB");
     Blas b;
     if (auto e = load_openblas(path, info.requested, b, info)) return fallback(*e);
-    if (auto e = verify(b))
+    // The references run in Eigen on one thread: this check runs at every start, and
+    // idle-spinning OpenMP threads made it cost more than the products themselves.
+    const int eigen_threads = Eigen::nbThreads();
+    Eigen::setNbThreads(1);
+    const auto failed = verify(b);
+    Eigen::setNbThreads(eigen_threads);
+    if (const auto& e = failed)
         return fallback(fmt::format("OpenBLAS core {} (asked for {}) computes wrong products: {}", info.core,
                                     info.requested, *e));
     info.backend = Backend::openblas;
@@ -278,6 +290,8 @@ std::string Info::describe() const {
                                                       EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, why);
     return fmt::format("OpenBLAS, core {} (asked for {}), OpenMP build {}; {}", core, requested, library, why);
 }
+
+void check_env() { mode_from_env(); }
 
 std::string Info::brief() const {
     return backend == Backend::eigen ? std::string("GEMM: Eigen") : "GEMM: OpenBLAS " + core;

@@ -49,8 +49,14 @@ struct Info {
 
 // Chooses and verifies the backend once (thread-safe); later calls return the same.
 // Throws kvlab::Error only when KVLAB_GEMM is invalid, or is "openblas" and OpenBLAS
-// cannot be loaded or fails its check.
+// cannot be loaded or fails its check. The first product calls it; the model's
+// constructor does too, so that it runs before any parallel region and only in commands
+// that compute (loading and checking OpenBLAS takes a few hundred ms of CPU time).
 const Info& init();
+
+// Throws kvlab::Error when KVLAB_GEMM holds a value other than auto, openblas or eigen
+// (cheap: reads the variable only). kvlab's main calls it first.
+void check_env();
 
 // The CPU's best OpenBLAS core type for single-precision GEMM from its features, or ""
 // when OpenBLAS should not be used ("SkylakeX", "Haswell").

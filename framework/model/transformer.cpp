@@ -54,6 +54,7 @@ struct Transformer<S>::Layer {
 template <class S>
 Transformer<S>::Transformer(const ModelConfig& cfg)
     : cfg_(cfg), D_(cfg.d_model), V_(cfg.vocab_size), F_(cfg.mlp_hidden), L_(cfg.n_layers) {
+    gemm::init();   // the GEMM backend, chosen here: before any parallel region multiplies
     // 1. the parameter list, in model.md's names and order
     std::vector<ParamSpec> specs;
     specs.push_back({"embed", {V_, D_}});
