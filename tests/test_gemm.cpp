@@ -94,7 +94,7 @@ TEST_CASE("KVLAB_GEMM: eigen is honoured, an unknown value is an error naming th
                                            KVLAB_BINARY));
     INFO(eig.output);
     CHECK(eig.status == 0);
-    CHECK(eig.output.find("GEMM: Eigen 3.4.0 GEMM (KVLAB_GEMM=eigen)") != std::string::npos);
+    CHECK(eig.output.find(" GEMM (KVLAB_GEMM=eigen)") != std::string::npos);   // any Eigen version
     const auto bad = run_shell(fmt::format("KVLAB_GEMM=mkl '{}' list", KVLAB_BINARY));
     INFO(bad.output);
     CHECK(bad.status == 2);

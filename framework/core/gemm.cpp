@@ -319,8 +319,6 @@ void nn(RefT<double> C, CRefT<double> A, CRefT<double> B, Acc acc) { product<dou
 void tn(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc) { product<float>(true, false, C, A, B, acc); }
 void tn(RefT<double> C, CRefT<double> A, CRefT<double> B, Acc acc) { product<double>(true, false, C, A, B, acc); }
 
-void eigen_nt(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc) { eigen_product<float>(false, true, C, A, B, acc); }
 void eigen_nn(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc) { eigen_product<float>(false, false, C, A, B, acc); }
-void eigen_tn(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc) { eigen_product<float>(true, false, C, A, B, acc); }
 
 }  // namespace kvlab::gemm

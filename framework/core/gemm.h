@@ -74,10 +74,7 @@ void nn(RefT<double> C, CRefT<double> A, CRefT<double> B, Acc acc = set);
 void tn(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc = set);
 void tn(RefT<double> C, CRefT<double> A, CRefT<double> B, Acc acc = set);
 
-// The same products always in Eigen's GEMM, whatever the backend: the reference of the
-// check above and of kvlab bench's comparison row.
-void eigen_nt(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc = set);
+// C = A·B always in Eigen's GEMM, whatever the backend: kvlab bench's comparison row.
 void eigen_nn(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc = set);
-void eigen_tn(RefT<float> C, CRefT<float> A, CRefT<float> B, Acc acc = set);
 
 }  // namespace kvlab::gemm
