@@ -15,6 +15,7 @@
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "io/results.h"
+#include "model/batch_split.h"
 #include "model/transformer.h"
 #include "train/optim.h"
 #include "train/trainer.h"
@@ -73,7 +74,12 @@ Measures kvlab's speed against the GEMM limit of this machine, in one run:
            kvlab decode-bench, each plugin's default decode implementation).
   memory   peak RSS (getrusage ru_maxrss) of a training run of each configuration and
            plugin, each in its own child process, against parameters + gradients + 2 AdamW
-           states + the activation buffers the model and plugins allocated.
+           states + the activation buffers the model and plugins allocated (every batch
+           shard's) + the batch-shard replicas' gradient arenas.
+
+Training splits each batch between the threads (one shard of sequences per thread, each
+on its own replica of the model, single-threaded products; model/batch_split.h);
+KVLAB_BATCH_SPLIT=off makes the products share the threads instead, for comparison.
 
 Configurations (vocab 256, untied lm_head; gqa n_kv_heads 2; AdamW lr 1e-3, betas 0.9/0.95):
   small  d_model 128, 2 layers, 4 heads x 32, mlp_hidden 344, seq 128, batch 32;
@@ -305,6 +311,7 @@ std::vector<GemmShape> gemm_shapes(const std::vector<BenchModel>& models) {
 struct TrainRow {
     std::string config, plugin;
     int threads = 0, B = 0, T = 0, steps = 0;
+    int shards = 1;   // batch shards (model/batch_split.h)
     int64_t n_params = 0;
     double flops = 0, flops_dense = 0;                         // per step
     double step_seconds = 0, tokens_per_second = 0, gflops = 0, peak_fraction = 0;
@@ -338,12 +345,14 @@ TrainRow measure_training(const BenchModel& bm, const std::string& plugin, int t
     m.init(0);
     auto opt = make_adamw(m);
     const int B = bm.batch, T = bm.seq, V = bm.model.vocab_size;
+    BatchSplit<float> split(m, batch_shards_from_env(threads, B));
     Rng rng = Rng::stream(0, 2);
     std::vector<int32_t> inputs, targets;
     TrainRow r;
     r.config = bm.name;
     r.plugin = plugin;
     r.threads = threads;
+    r.shards = split.shards();
     r.B = B, r.T = T, r.steps = steps;
     r.n_params = m.n_params();
     std::tie(r.flops, r.flops_dense) = step_flops(m, B, T);
@@ -358,9 +367,9 @@ TrainRow measure_training(const BenchModel& bm, const std::string& plugin, int t
         const auto t0 = Clock::now();
         m.zero_grad();
         const auto t1 = Clock::now();
-        const double loss = m.forward(inputs.data(), targets.data(), B, T);
+        const double loss = split.forward(inputs.data(), targets.data(), B, T);
         const auto t2 = Clock::now();
-        m.backward();
+        split.backward();
         const auto t3 = Clock::now();
         clip_grad_norm(m.grad_data(), m.n_params(), 1.0);
         opt->step(m.param_data(), m.grad_data(), 1e-3);
@@ -404,7 +413,9 @@ struct MemoryRow {
     std::string config, plugin;
     int threads = 0;
     int64_t maxrss_bytes = 0, hwm_bytes = 0, baseline_bytes = 0;   // ru_maxrss, VmHWM, ru_maxrss before the model
-    int64_t param_bytes = 0, activation_bytes = 0, count_bytes = 0;   // count = 4 x params (θ, g, m, v) + activations
+    int shards = 1;
+    // count = 4 x params (θ, g, m, v) + the batch shards' activations + the replicas' gradients
+    int64_t param_bytes = 0, activation_bytes = 0, replica_grad_bytes = 0, count_bytes = 0;
     double ratio = 0, ratio_net = 0;                                  // peak / count, (peak - baseline) / count
 };
 
@@ -429,18 +440,19 @@ int memory_probe(const BenchModel& bm, const std::string& plugin, int threads) {
     Transformer<float> m(with_plugin(bm.model, plugin));
     m.init(0);
     auto opt = make_adamw(m);
+    BatchSplit<float> split(m, batch_shards_from_env(threads, bm.batch));
     Rng rng = Rng::stream(0, 2);
     std::vector<int32_t> inputs, targets;
     for (int s = 0; s < 3; ++s) {
         random_batch(rng, bm.batch, bm.seq, bm.model.vocab_size, inputs, targets);
         m.zero_grad();
-        m.forward(inputs.data(), targets.data(), bm.batch, bm.seq);
-        m.backward();
+        split.forward(inputs.data(), targets.data(), bm.batch, bm.seq);
+        split.backward();
         clip_grad_norm(m.grad_data(), m.n_params(), 1.0);
         opt->step(m.param_data(), m.grad_data(), 1e-3);
     }
-    fmt::print("kvlab-memory-probe {} {} {} {} {}\n", maxrss_bytes(), vm_hwm_bytes(), baseline, m.n_params(),
-               m.activation_bytes());
+    fmt::print("kvlab-memory-probe {} {} {} {} {} {}\n", maxrss_bytes(), vm_hwm_bytes(), baseline, m.n_params(),
+               split.activation_bytes(), split.shards());
     return 0;
 }
 
@@ -456,13 +468,16 @@ MemoryRow run_memory_probe(const std::string& exe, const BenchModel& bm, const s
     MemoryRow r;
     r.config = bm.name, r.plugin = plugin, r.threads = threads;
     long long rss = 0, hwm = 0, base = 0, params = 0, act = 0;
-    if (status != 0 || std::sscanf(out.c_str(), "kvlab-memory-probe %lld %lld %lld %lld %lld", &rss, &hwm, &base,
-                                   &params, &act) != 5)
+    int shards = 0;
+    if (status != 0 || std::sscanf(out.c_str(), "kvlab-memory-probe %lld %lld %lld %lld %lld %d", &rss, &hwm, &base,
+                                   &params, &act, &shards) != 6)
         throw Error(fmt::format("bench: the memory probe '{}' failed (status {}): {}", cmd, status, out));
     r.maxrss_bytes = rss, r.hwm_bytes = hwm, r.baseline_bytes = base;
     r.param_bytes = params * static_cast<int64_t>(sizeof(float));
     r.activation_bytes = act;
-    r.count_bytes = 4 * r.param_bytes + r.activation_bytes;
+    r.shards = shards;
+    r.replica_grad_bytes = (shards - 1) * r.param_bytes;
+    r.count_bytes = 4 * r.param_bytes + r.activation_bytes + r.replica_grad_bytes;
     r.ratio = double(r.maxrss_bytes) / double(r.count_bytes);
     r.ratio_net = double(r.maxrss_bytes - r.baseline_bytes) / double(r.count_bytes);
     return r;
@@ -544,13 +559,14 @@ int cmd_bench(int argc, char** argv) {
                "states + activations");
         for (const auto& bm : models)
             for (const auto& p : plugins) mem.push_back(run_memory_probe(exe, bm, p, threads.front()));
-        fmt::print("{:<6} {:<5} {:>7} {:>10} {:>9} {:>10} {:>11} {:>10} {:>10} {:>7} {:>9}\n", "config", "attn",
-                   "threads", "params MiB", "x4 MiB", "activ. MiB", "count MiB", "peak MiB", "base MiB", "ratio",
-                   "net ratio");
+        fmt::print("{:<6} {:<5} {:>7} {:>6} {:>10} {:>9} {:>10} {:>12} {:>11} {:>10} {:>10} {:>7} {:>9}\n", "config",
+                   "attn", "threads", "shards", "params MiB", "x4 MiB", "activ. MiB", "rep. grad MiB", "count MiB",
+                   "peak MiB", "base MiB", "ratio", "net ratio");
         for (const auto& r : mem)
-            fmt::print("{:<6} {:<5} {:>7} {:>10} {:>9} {:>10} {:>11} {:>10} {:>10} {:>7.2f} {:>9.2f}\n", r.config,
-                       r.plugin, r.threads, mib(r.param_bytes), mib(4 * r.param_bytes), mib(r.activation_bytes),
-                       mib(r.count_bytes), mib(r.maxrss_bytes), mib(r.baseline_bytes), r.ratio, r.ratio_net);
+            fmt::print("{:<6} {:<5} {:>7} {:>6} {:>10} {:>9} {:>10} {:>12} {:>11} {:>10} {:>10} {:>7.2f} {:>9.2f}\n",
+                       r.config, r.plugin, r.threads, r.shards, mib(r.param_bytes), mib(4 * r.param_bytes),
+                       mib(r.activation_bytes), mib(r.replica_grad_bytes), mib(r.count_bytes), mib(r.maxrss_bytes),
+                       mib(r.baseline_bytes), r.ratio, r.ratio_net);
         fmt::print("peak = ru_maxrss of the child (VmHWM agrees: {}); base = its ru_maxrss before the model was "
                    "built; net ratio = (peak - base) / count\n",
                    std::all_of(mem.begin(), mem.end(),
@@ -603,15 +619,18 @@ int cmd_bench(int argc, char** argv) {
                     fmt::print(stderr, "bench: {} {} {} thread(s): {:.0f} tokens/s\n", bm.name, p, th,
                                r.tokens_per_second);
                 }
-        fmt::print("{:<6} {:<5} {:>7} {:>10} {:>11} {:>10} {:>9} {:>8} {:>9} {:>11}\n", "config", "attn", "threads",
-                   "params", "GFLOP/step", "step ms", "tokens/s", "GFLOP/s", "of peak", "CPU ms/step");
+        fmt::print("{:<6} {:<5} {:>7} {:>6} {:>10} {:>11} {:>10} {:>9} {:>8} {:>9} {:>11}\n", "config", "attn",
+                   "threads", "shards", "params", "GFLOP/step", "step ms", "tokens/s", "GFLOP/s", "of peak",
+                   "CPU ms/step");
         for (const auto& r : train)
-            fmt::print("{:<6} {:<5} {:>7} {:>10} {:>11.2f} {:>10.1f} {:>9.0f} {:>8.1f} {:>9} {:>11.1f}\n", r.config,
-                       r.plugin, r.threads, r.n_params, r.flops / 1e9, r.step_seconds * 1e3, r.tokens_per_second,
+            fmt::print("{:<6} {:<5} {:>7} {:>6} {:>10} {:>11.2f} {:>10.1f} {:>9.0f} {:>8.1f} {:>9} {:>11.1f}\n",
+                       r.config, r.plugin, r.threads, r.shards, r.n_params, r.flops / 1e9, r.step_seconds * 1e3,
+                       r.tokens_per_second,
                        r.gflops, r.peak_fraction > 0 ? fmt::format("{:.0f}%", 100 * r.peak_fraction) : "-",
                        r.step_cpu_seconds * 1e3);
         fmt::print("median of {} timed steps after 2 untimed; model FLOPs = 6 x matrix params x tokens + causal "
-                   "attention (kvlab bench --help)\n\nper-op medians, ms per step:\n",
+                   "attention (kvlab bench --help); shards = batch shards, one per thread (KVLAB_BATCH_SPLIT)\n\n"
+                   "per-op medians, ms per step (of the first batch shard when there are several):\n",
                    steps);
         fmt::print("{:<6} {:<5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
                    "config", "attn", "threads", "fwd", "bwd", "attn.f", "attn.b", "mlp.f", "mlp.b", "norm+res",
@@ -678,6 +697,7 @@ int cmd_bench(int argc, char** argv) {
                 {"config", column(train, [](const TrainRow& r) { return r.config; })},
                 {"plugin", column(train, [](const TrainRow& r) { return r.plugin; })},
                 {"threads", column(train, [](const TrainRow& r) { return int64_t{r.threads}; })},
+                {"batch_shards", column(train, [](const TrainRow& r) { return int64_t{r.shards}; })},
                 {"batch", column(train, [](const TrainRow& r) { return int64_t{r.B}; })},
                 {"seq_len", column(train, [](const TrainRow& r) { return int64_t{r.T}; })},
                 {"timed_steps", column(train, [](const TrainRow& r) { return int64_t{r.steps}; })},
@@ -725,11 +745,13 @@ int cmd_bench(int argc, char** argv) {
             t.columns = {{"config", column(mem, [](const MemoryRow& r) { return r.config; })},
                          {"plugin", column(mem, [](const MemoryRow& r) { return r.plugin; })},
                          {"threads", column(mem, [](const MemoryRow& r) { return int64_t{r.threads}; })},
+                         {"batch_shards", column(mem, [](const MemoryRow& r) { return int64_t{r.shards}; })},
                          {"peak_rss_bytes", column(mem, [](const MemoryRow& r) { return r.maxrss_bytes; })},
                          {"vm_hwm_bytes", column(mem, [](const MemoryRow& r) { return r.hwm_bytes; })},
                          {"baseline_rss_bytes", column(mem, [](const MemoryRow& r) { return r.baseline_bytes; })},
                          {"param_bytes", column(mem, [](const MemoryRow& r) { return r.param_bytes; })},
                          {"activation_bytes", column(mem, [](const MemoryRow& r) { return r.activation_bytes; })},
+                         {"replica_grad_bytes", column(mem, [](const MemoryRow& r) { return r.replica_grad_bytes; })},
                          {"count_bytes", column(mem, [](const MemoryRow& r) { return r.count_bytes; })},
                          {"ratio", column(mem, [](const MemoryRow& r) { return r.ratio; })},
                          {"ratio_net", column(mem, [](const MemoryRow& r) { return r.ratio_net; })}};

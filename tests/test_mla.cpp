@@ -40,7 +40,9 @@ template <class S>
 struct Layer {
     std::unique_ptr<Attention<S>> attn;
     std::vector<ParamSpec> specs;
-    std::vector<std::vector<S>> w, g;   // per tensor, in param_specs() order
+    // per tensor, in param_specs() order; aligned as the model's arenas (Eigen peels a head
+    // off a vectorised loop by address: the thread-count test compares bits)
+    std::vector<std::vector<S, Eigen::aligned_allocator<S>>> w, g;
 
     explicit Layer(const ModelConfig& c, uint64_t seed = 1) : attn(make_attention<S>(c)), specs(attn->param_specs()) {
         Rng rng(seed);
@@ -107,7 +109,7 @@ std::vector<GradCheck> directional_checks(int q_lora_rank, double corrupt) {
         for (auto& e : v) e = rng.normal();
         double a = 0;
         for (size_t j = 0; j < v.size(); ++j) a += corrupt * L.g[k][j] * v[j];
-        const std::vector<double> w0 = L.w[k];
+        const auto w0 = L.w[k];
         for (size_t j = 0; j < v.size(); ++j) L.w[k][j] = w0[j] + eps * v[j];
         const double lp = loss_of(L, B, T, x, R);
         for (size_t j = 0; j < v.size(); ++j) L.w[k][j] = w0[j] - eps * v[j];
@@ -175,7 +177,7 @@ TEST_CASE("mla forward and backward do not depend on the thread count") {
     Rng rng(5);
     MatT<float> x = random_mat<float>(B * T, kD, rng), R = random_mat<float>(B * T, kD, rng);
     const int saved = omp_get_max_threads();
-    std::vector<std::vector<std::vector<float>>> grads;
+    std::vector<decltype(Layer<float>::g)> grads;
     std::vector<MatT<float>> outs, dins;
     for (int threads : {1, 3}) {
         omp_set_num_threads(threads);

@@ -1,30 +1,35 @@
-// The two products of absorbed MLA decoding, for float with AVX-512 (F, DQ): written out
-// because at long contexts they are the whole cost of a decode step, and a general GEMM
-// packs the cache (reads and writes a copy of it) before it multiplies, with only
-// H = n_heads columns to amortise that over.
+// The two products of absorbed MLA decoding, for float with AVX-512 (F, DQ) or AVX2 with
+// FMA: written out because at long contexts they are the whole cost of a decode step, and
+// a general GEMM packs the cache (reads and writes a copy of it) before it multiplies, with
+// only H = n_heads columns to amortise that over.
 //
 // The cache (cap tokens) is latent-major in tiles of kTile = 32 tokens: tile j holds tokens
 // 32j..32j+31 as a [K, 32] row-major block (K = dc + dR latents: c_KV, then kR), tiles one
 // after the other; the last tile is [K, cap − 32j] when cap is not a multiple of 32, so the
-// cache is exactly cap · K floats. A tile's 16 consecutive tokens of one latent are one vector load, and the scores
-// read each tile front to back (a plain latent-major [K, max_T] layout made every latent
-// row its own memory stream, 144 of them, and ran 2× slower at 4096 tokens).
+// cache is exactly cap · K floats. A tile's consecutive tokens of one latent are vector
+// loads, and the scores read each tile front to back (a plain latent-major [K, max_T]
+// layout made every latent row its own memory stream, 144 of them, and ran 2× slower at
+// 4096 tokens).
 //   scores  s[t, h] = Σ_k lat(k, t) · q[h, k]          for t in [a, b), all h   (q [H, K])
 //   mix     õ[k, h] = Σ_{t0 ≤ t < t1} p[t, h] · lat(k, t)   for k in [ka, kb), all h
 // s, p and õ are head-major: s(t, h) at s[h·ld_s + t] (a head's scores are contiguous, for
 // its softmax), õ(k, h) at o[h·ld_o + k].
-// Register blocking: scores keeps a tile's 32 tokens × 8 heads in 16 registers; per latent
-// it loads 2 vectors of the tile and broadcasts 8 query values for 16 FMAs, with no
-// horizontal sums. mix keeps 3 latents × 8 heads in 24 registers; per 16 tokens it loads 3
-// cache vectors and 8 probability vectors for 24 FMAs, and sums each register's lanes once
+// Register blocking (L = 16 lanes with AVX-512, 8 with AVX2; 32 or 16 vector registers):
+// scores keeps 2L tokens × HS heads in registers (HS = 8 or 6); per latent it loads 2
+// vectors of the cache and broadcasts HS query values for 2·HS FMAs, with no horizontal
+// sums. mix keeps KM latents × HM heads (3 × 8 or 2 × 6); per L tokens it loads KM cache
+// vectors and HM probability vectors for KM·HM FMAs, and sums each register's lanes once
 // at the end. Sums run in a fixed order for a given (a, b) or (t0, t1, ka, kb).
-// available() is false without AVX-512: the functions are then plain loops, and callers
+// available() is false without either: the functions are then plain loops, and callers
 // use Eigen's products instead.
 #pragma once
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #include <immintrin.h>
-#define KVLAB_LATENT_KERNELS 1
+#define KVLAB_LATENT_KERNELS 512
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define KVLAB_LATENT_KERNELS 256
 #else
 #define KVLAB_LATENT_KERNELS 0
 #endif
@@ -53,9 +58,48 @@ namespace detail {
 
 #define KVLAB_ALWAYS_INLINE inline __attribute__((always_inline))
 
-inline __mmask16 tail_mask(int left) {
-    return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1u);
-}
+// The vector operations the kernels use, for the instruction set this file is built for.
+#if KVLAB_LATENT_KERNELS == 512
+struct Simd {
+    using Reg = __m512;
+    using Mask = __mmask16;
+    static constexpr int kLanes = 16;
+    static constexpr int kScoreHeads = 8, kMixLatents = 3, kMixHeads = 8;
+    static KVLAB_ALWAYS_INLINE Mask tail(int left) {
+        return left >= 16 ? Mask(0xFFFF) : left <= 0 ? Mask(0) : Mask((1u << left) - 1u);
+    }
+    static KVLAB_ALWAYS_INLINE Reg zero() { return _mm512_setzero_ps(); }
+    static KVLAB_ALWAYS_INLINE Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+    static KVLAB_ALWAYS_INLINE void store(float* p, Mask m, Reg x) { _mm512_mask_storeu_ps(p, m, x); }
+    static KVLAB_ALWAYS_INLINE Reg broadcast(float x) { return _mm512_set1_ps(x); }
+    static KVLAB_ALWAYS_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+    static KVLAB_ALWAYS_INLINE float sum(Reg x) { return _mm512_reduce_add_ps(x); }
+};
+#else
+struct Simd {
+    using Reg = __m256;
+    using Mask = __m256i;
+    static constexpr int kLanes = 8;
+    static constexpr int kScoreHeads = 6, kMixLatents = 2, kMixHeads = 6;
+    static KVLAB_ALWAYS_INLINE Mask tail(int left) {   // lanes i < left
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    static KVLAB_ALWAYS_INLINE Reg zero() { return _mm256_setzero_ps(); }
+    static KVLAB_ALWAYS_INLINE Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+    static KVLAB_ALWAYS_INLINE void store(float* p, Mask m, Reg x) { _mm256_maskstore_ps(p, m, x); }
+    static KVLAB_ALWAYS_INLINE Reg broadcast(float x) { return _mm256_set1_ps(x); }
+    static KVLAB_ALWAYS_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
+    static KVLAB_ALWAYS_INLINE float sum(Reg x) {
+        const __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+    }
+};
+#endif
+
+// Tokens per scores block: two vectors.
+inline constexpr int kScoreTokens = 2 * Simd::kLanes;
+static_assert(kTile % kScoreTokens == 0, "a scores block never crosses a tile");
 
 // The accumulators stay in registers only when every loop over them is unrolled and
 // nothing takes their address: hence the pragmas and always_inline (an out-of-line helper
@@ -63,17 +107,18 @@ inline __mmask16 tail_mask(int left) {
 // Width of the tile holding token t: the stride between its latents.
 KVLAB_ALWAYS_INLINE int tile_width(int cap, int t) { return std::min(kTile, cap - t / kTile * kTile); }
 
-// Tokens [t0, t0 + len), len ≤ 32, all inside one tile.
+// Tokens [t0, t0 + len), len ≤ kScoreTokens, all inside one tile.
 template <int TV, int HB>
 KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const float* q, int ldq, int h0, int t0,
                                       int len, float* s, int ld_s) {
-    __m512 acc[TV][HB];
-    __mmask16 m[TV];
+    using V = Simd;
+    typename V::Reg acc[TV][HB];
+    typename V::Mask m[TV];
 #pragma GCC unroll 8
     for (int j = 0; j < TV; ++j) {
-        m[j] = tail_mask(len - 16 * j);
+        m[j] = V::tail(len - V::kLanes * j);
 #pragma GCC unroll 8
-        for (int h = 0; h < HB; ++h) acc[j][h] = _mm512_setzero_ps();
+        for (int h = 0; h < HB; ++h) acc[j][h] = V::zero();
     }
     const float* qh[HB];
 #pragma GCC unroll 8
@@ -84,45 +129,47 @@ KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const fl
     for (int k = 0; k < K; ++k, row += w) {
         // The next tile is fetched while this one is multiplied: left to the hardware
         // prefetcher, the scores ran at half the memory bandwidth the MHA decode reaches.
-        _mm_prefetch(reinterpret_cast<const char*>(row + next), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(row + next + 16), _MM_HINT_T0);
-        __m512 x[TV];
+#pragma GCC unroll 2
+        for (int i = 0; i < kScoreTokens; i += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(row + next + i), _MM_HINT_T0);
+        typename V::Reg x[TV];
 #pragma GCC unroll 8
-        for (int j = 0; j < TV; ++j) x[j] = _mm512_maskz_loadu_ps(m[j], row + 16 * j);
+        for (int j = 0; j < TV; ++j) x[j] = V::load(m[j], row + V::kLanes * j);
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) {
-            const __m512 w = _mm512_set1_ps(qh[h][k]);
+            const typename V::Reg b = V::broadcast(qh[h][k]);
 #pragma GCC unroll 8
-            for (int j = 0; j < TV; ++j) acc[j][h] = _mm512_fmadd_ps(x[j], w, acc[j][h]);
+            for (int j = 0; j < TV; ++j) acc[j][h] = V::fma(x[j], b, acc[j][h]);
         }
     }
 #pragma GCC unroll 8
     for (int j = 0; j < TV; ++j)
 #pragma GCC unroll 8
-        for (int h = 0; h < HB; ++h) _mm512_mask_storeu_ps(s + (h0 + h) * ld_s + t0 + 16 * j, m[j], acc[j][h]);
+        for (int h = 0; h < HB; ++h) V::store(s + (h0 + h) * ld_s + t0 + V::kLanes * j, m[j], acc[j][h]);
 }
 
 template <int KB, int HB>
 KVLAB_ALWAYS_INLINE void mix_block(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int h0,
                                    int k0, float* o, int ld_o, bool accumulate) {
-    __m512 acc[KB][HB];
+    using V = Simd;
+    typename V::Reg acc[KB][HB];
 #pragma GCC unroll 8
     for (int j = 0; j < KB; ++j)
 #pragma GCC unroll 8
-        for (int h = 0; h < HB; ++h) acc[j][h] = _mm512_setzero_ps();
+        for (int h = 0; h < HB; ++h) acc[j][h] = V::zero();
     for (int t = t0; t < t1;) {
-        const int step = std::min({16, t1 - t, kTile - t % kTile});   // never across a tile
-        const __mmask16 m = tail_mask(step);
+        const int step = std::min({V::kLanes, t1 - t, kTile - t % kTile});   // never across a tile
+        const typename V::Mask m = V::tail(step);
         const float* row = latent_at(lat, K, cap, k0, t);
         const int w = tile_width(cap, t);
-        __m512 x[KB];
+        typename V::Reg x[KB];
 #pragma GCC unroll 8
-        for (int j = 0; j < KB; ++j) x[j] = _mm512_maskz_loadu_ps(m, row + j * w);
+        for (int j = 0; j < KB; ++j) x[j] = V::load(m, row + j * w);
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) {
-            const __m512 w = _mm512_maskz_loadu_ps(m, p + (h0 + h) * ld_p + t);
+            const typename V::Reg ph = V::load(m, p + (h0 + h) * ld_p + t);
 #pragma GCC unroll 8
-            for (int j = 0; j < KB; ++j) acc[j][h] = _mm512_fmadd_ps(x[j], w, acc[j][h]);
+            for (int j = 0; j < KB; ++j) acc[j][h] = V::fma(x[j], ph, acc[j][h]);
         }
         t += step;
     }
@@ -131,58 +178,60 @@ KVLAB_ALWAYS_INLINE void mix_block(const float* lat, int K, int cap, int t0, int
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) {
             float& out = o[(h0 + h) * ld_o + k0 + j];
-            out = (accumulate ? out : 0.0f) + _mm512_reduce_add_ps(acc[j][h]);
+            out = (accumulate ? out : 0.0f) + V::sum(acc[j][h]);
         }
 }
 
-// Calls BLOCK<.., nh>(ARGS) for the head counts nh = 8, 8, ..., then the remainder.
-#define KVLAB_HEAD_BLOCKS(BLOCK, FIRST, ...)                                                      \
-    for (int h0 = 0; h0 < H; h0 += 8) {                                                           \
-        switch (std::min(8, H - h0)) {                                                            \
+// Calls BLOCK<FIRST, nh>(ARGS) for head blocks of NH (≤ 8) heads, then the remainder.
+#define KVLAB_HEAD_BLOCKS(NH, BLOCK, FIRST, ...)                                                  \
+    for (int h0 = 0; h0 < H; h0 += NH) {                                                          \
+        switch (std::min(NH, H - h0)) {                                                           \
             case 1: BLOCK<FIRST, 1>(__VA_ARGS__); break;                                          \
             case 2: BLOCK<FIRST, 2>(__VA_ARGS__); break;                                          \
             case 3: BLOCK<FIRST, 3>(__VA_ARGS__); break;                                          \
             case 4: BLOCK<FIRST, 4>(__VA_ARGS__); break;                                          \
             case 5: BLOCK<FIRST, 5>(__VA_ARGS__); break;                                          \
-            case 6: BLOCK<FIRST, 6>(__VA_ARGS__); break;                                          \
-            case 7: BLOCK<FIRST, 7>(__VA_ARGS__); break;                                          \
-            default: BLOCK<FIRST, 8>(__VA_ARGS__); break;                                         \
+            case 6: BLOCK<FIRST, (NH >= 6 ? 6 : 1)>(__VA_ARGS__); break;                          \
+            case 7: BLOCK<FIRST, (NH >= 7 ? 7 : 1)>(__VA_ARGS__); break;                          \
+            default: BLOCK<FIRST, (NH >= 8 ? 8 : 1)>(__VA_ARGS__); break;                         \
         }                                                                                         \
     }
 
 template <int TV>
 void scores_heads(const float* lat, int K, int cap, const float* q, int ldq, int H, int t0, int len, float* s,
                   int ld_s) {
-    KVLAB_HEAD_BLOCKS(scores_block, TV, lat, K, cap, q, ldq, h0, t0, len, s, ld_s)
+    KVLAB_HEAD_BLOCKS(Simd::kScoreHeads, scores_block, TV, lat, K, cap, q, ldq, h0, t0, len, s, ld_s)
 }
 
 template <int KB>
 void mix_heads(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int H, int k0, float* o,
                int ld_o, bool accumulate) {
-    KVLAB_HEAD_BLOCKS(mix_block, KB, lat, K, cap, t0, t1, p, ld_p, h0, k0, o, ld_o, accumulate)
+    KVLAB_HEAD_BLOCKS(Simd::kMixHeads, mix_block, KB, lat, K, cap, t0, t1, p, ld_p, h0, k0, o, ld_o, accumulate)
 }
 
 #undef KVLAB_HEAD_BLOCKS
 
 }  // namespace detail
 
-// s(t, h) for t in [a, b) (see the top of the file), a tile's 32 tokens × 8 heads at a time.
+// s(t, h) for t in [a, b) (see the top of the file), 2L tokens × HS heads at a time.
 inline void scores(const float* lat, int K, int cap, const float* q, int ldq, int H, int a, int b, float* s,
                    int ld_s) {
+    constexpr int kLanes = detail::Simd::kLanes;
     for (int t = a; t < b;) {
-        const int len = std::min(b - t, kTile - t % kTile);
-        if (len > 16) detail::scores_heads<2>(lat, K, cap, q, ldq, H, t, len, s, ld_s);
+        const int len = std::min({b - t, kTile - t % kTile, detail::kScoreTokens - t % detail::kScoreTokens});
+        if (len > kLanes) detail::scores_heads<2>(lat, K, cap, q, ldq, H, t, len, s, ld_s);
         else detail::scores_heads<1>(lat, K, cap, q, ldq, H, t, len, s, ld_s);
         t += len;
     }
 }
 
-// õ(k, h) for k in [ka, kb) over tokens [t0, t1) (added to õ when accumulate), 3 latents ×
-// 8 heads at a time.
+// õ(k, h) for k in [ka, kb) over tokens [t0, t1) (added to õ when accumulate), KM latents
+// × HM heads at a time.
 inline void mix(const float* lat, int K, int cap, int t0, int t1, const float* p, int ld_p, int H, int ka, int kb,
                 float* o, int ld_o, bool accumulate = false) {
+    constexpr int KM = detail::Simd::kMixLatents;
     int k = ka;
-    for (; k + 3 <= kb; k += 3) detail::mix_heads<3>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
+    for (; k + KM <= kb; k += KM) detail::mix_heads<KM>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
     if (kb - k == 2) detail::mix_heads<2>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
     else if (kb - k == 1) detail::mix_heads<1>(lat, K, cap, t0, t1, p, ld_p, H, k, o, ld_o, accumulate);
 }

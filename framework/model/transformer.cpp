@@ -52,7 +52,13 @@ struct Transformer<S>::Layer {
 };
 
 template <class S>
-Transformer<S>::Transformer(const ModelConfig& cfg)
+Transformer<S>::Transformer(const ModelConfig& cfg) : Transformer(cfg, nullptr) {}
+
+template <class S>
+Transformer<S>::Transformer(ReplicaOf r) : Transformer(r.parameters_of.cfg_, r.parameters_of.theta_ptr_) {}
+
+template <class S>
+Transformer<S>::Transformer(const ModelConfig& cfg, S* shared_theta)
     : cfg_(cfg), D_(cfg.d_model), V_(cfg.vocab_size), F_(cfg.mlp_hidden), L_(cfg.n_layers) {
     gemm::init();   // the GEMM backend, chosen here: before any parallel region multiplies
     // 1. the parameter list, in model.md's names and order
@@ -77,7 +83,8 @@ Transformer<S>::Transformer(const ModelConfig& cfg)
         params_.push_back({s, off});
         off += s.numel();
     }
-    theta_.assign(off, S(0));
+    if (!shared_theta) theta_.assign(off, S(0));
+    theta_ptr_ = shared_theta ? shared_theta : theta_.data();
     grad_.assign(off, S(0));
 
     // 3. bind plugins and layers to their slices
@@ -86,7 +93,7 @@ Transformer<S>::Transformer(const ModelConfig& cfg)
         ParamViews<S> pv, gv;
         for (auto& s : attn_[l]->param_specs()) {
             const auto& np = find(pre + "attn." + s.name);
-            pv.add(s.name, theta_.data() + np.offset, s.shape);
+            pv.add(s.name, theta_ptr_ + np.offset, s.shape);
             gv.add(s.name, grad_.data() + np.offset, s.shape);
         }
         attn_[l]->bind(pv, gv);
@@ -121,7 +128,7 @@ const NamedParam& Transformer<S>::find(const std::string& name) const {
 
 template <class S>
 S* Transformer<S>::p(const std::string& name) {
-    return theta_.data() + find(name).offset;
+    return theta_ptr_ + find(name).offset;
 }
 template <class S>
 S* Transformer<S>::g(const std::string& name) {
@@ -132,7 +139,7 @@ template <class S>
 void Transformer<S>::init(uint64_t seed) {
     Rng rng = Rng::stream(seed, /*stream id: weights*/ 1);
     for (const auto& np : params_) {
-        S* w = theta_.data() + np.offset;
+        S* w = theta_ptr_ + np.offset;
         const int64_t n = np.spec.numel();
         if (np.spec.shape.size() == 1)
             std::fill(w, w + n, S(1));
@@ -231,8 +238,9 @@ double Transformer<S>::forward(const int32_t* inputs, const int32_t* targets, in
 }
 
 template <class S>
-void Transformer<S>::backward() {
+void Transformer<S>::backward(int64_t denominator) {
     KV_CHECK(has_targets_, "backward needs a forward with targets");
+    KV_CHECK(denominator >= 0, "backward: denominator {} < 0", denominator);
     const int B = B_, T = T_;
     const Eigen::Index N = static_cast<Eigen::Index>(B) * T;
     S* embed = p("embed");
@@ -243,7 +251,7 @@ void Transformer<S>::backward() {
     OpTimes& ot = op_times_;
 
     // loss = mean CE  →  dlogits (written into probs_, which backward no longer needs)
-    ops::cross_entropy_backward<S>(probs_, targets_.data(), n_scored_, probs_);
+    ops::cross_entropy_backward<S>(probs_, targets_.data(), denominator > 0 ? denominator : n_scored_, probs_);
     Mat& dlogits = probs_;                                                   // [N, V]
     // logits = xnf lm_headᵀ
     gemm::tn(MapT<S>(dlm, V_, D_), dlogits, xnf_, gemm::add);

@@ -28,15 +28,22 @@ public:
     using Mat = MatT<S>;
 
     explicit Transformer(const ModelConfig& cfg);
+    // A replica: the configuration of `parameters_of` and a view of its parameter arena
+    // (which must outlive the replica), with its own gradient arena and activations. Data
+    // parallelism over threads runs one per batch shard (model/batch_split.h).
+    struct ReplicaOf {
+        Transformer& parameters_of;
+    };
+    explicit Transformer(ReplicaOf r);
     ~Transformer();
     Transformer(const Transformer&) = delete;
     Transformer& operator=(const Transformer&) = delete;
 
     const ModelConfig& config() const { return cfg_; }
     const std::vector<NamedParam>& params() const { return params_; }
-    int64_t n_params() const { return static_cast<int64_t>(theta_.size()); }
-    S* param_data() { return theta_.data(); }
-    const S* param_data() const { return theta_.data(); }
+    int64_t n_params() const { return static_cast<int64_t>(grad_.size()); }
+    S* param_data() { return theta_ptr_; }
+    const S* param_data() const { return theta_ptr_; }
     S* grad_data() { return grad_.data(); }
     const S* grad_data() const { return grad_.data(); }
     const NamedParam& find(const std::string& name) const;   // InternalError if absent
@@ -49,7 +56,11 @@ public:
     // mean cross-entropy over targets != -1 (0 when none), accumulated in double.
     double forward(const int32_t* inputs, const int32_t* targets, int B, int T);
     // Accumulates d loss / d θ into the gradient arena, for the last forward with targets.
-    void backward();
+    // With a denominator > 0 the loss differentiated is the sum of this forward's losses
+    // over `denominator` instead of their mean: a batch shard's part of the whole batch's mean.
+    void backward(int64_t denominator = 0);
+    // Targets != -1 in the last forward.
+    int64_t n_scored() const { return n_scored_; }
 
     const Mat& logits() const { return logits_; }   // [B*T, V]
     // Among targets != -1 of the last forward: how many, and how many argmax-correct.
@@ -100,7 +111,8 @@ private:
     // Aligned to EIGEN_MAX_ALIGN_BYTES: Eigen's vectorised reductions over a Map peel a
     // head that depends on the address, so a malloc-aligned arena made results depend on
     // where the heap put it (two runs in one process differed in the last bits).
-    std::vector<S, Eigen::aligned_allocator<S>> theta_, grad_;
+    std::vector<S, Eigen::aligned_allocator<S>> theta_, grad_;   // theta_ is empty in a replica
+    S* theta_ptr_ = nullptr;   // the parameters: theta_, or the arena a replica views
     std::vector<std::unique_ptr<Attention<S>>> attn_;
     std::vector<std::unique_ptr<Layer>> layers_;
 
@@ -122,6 +134,7 @@ private:
     bool timing_ = false;
     OpTimes op_times_;
 
+    Transformer(const ModelConfig& cfg, S* shared_theta);
     void resize(int B, int T);
     S* p(const std::string& name);
     S* g(const std::string& name);

@@ -7,6 +7,7 @@
 #include "io/results.h"
 #include "io/safe_write.h"
 #include "io/train_checkpoint.h"
+#include "model/batch_split.h"
 #include "model/checkpoint.h"
 #include "model/transformer.h"
 #include "tasks/task.h"
@@ -48,7 +49,7 @@ struct EvalResult {
     std::optional<double> accuracy;
 };
 
-EvalResult evaluate(Transformer<float>& model, const Task& task, int batches, int B, const dist::DataParallel& dp) {
+EvalResult evaluate(BatchSplit<float>& model, const Task& task, int batches, int B, const dist::DataParallel& dp) {
     Batch batch;
     double total = 0;
     int64_t scored = 0, n_correct = 0, n_answers = 0;
@@ -147,6 +148,8 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
     model.init(cfg.seed);
     if (!tc.init_from.empty()) init_from_checkpoint(model, tc.init_from_resolved.empty() ? tc.init_from : tc.init_from_resolved);
     sum.n_params = model.n_params();
+    // Training steps split the batch between the threads (model/batch_split.h).
+    BatchSplit<float> split(model, batch_shards_from_env(sum.threads, tc.batch_size));
     sum.kv_elements_per_token = model.kv_elements_per_token();
     {   // bytes per token as allocated by the decode cache
         auto st = model.new_decode_state(cfg.data.seq_len);
@@ -285,8 +288,8 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
         task->train_batch(data_rng, tc.batch_size, batch);
         dp.shard(batch);   // this rank's rows (all of them in one process)
         model.zero_grad();
-        double loss = model.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
-        model.backward();
+        double loss = split.forward(batch.inputs.data(), batch.targets.data(), batch.B, batch.T);
+        split.backward();
         // the whole batch's loss and gradient, summed over the ranks (every rank sees the same)
         loss = dp.reduce_gradients(model.grad_data(), model.n_params(), loss, batch);
         if (!std::isfinite(loss)) fail(fmt::format("step {}: the training loss is {}", done, loss));
@@ -305,7 +308,7 @@ RunSummary train_run(const ExperimentConfig& cfg, const RunOptions& opt) {
             curves.train_lr.push_back(lr);
         }
         if (done % tc.eval_every == 0 || done == tc.steps) {
-            last_eval = evaluate(model, *task, tc.eval_batches, tc.batch_size, dp);
+            last_eval = evaluate(split, *task, tc.eval_batches, tc.batch_size, dp);
             if (!std::isfinite(last_eval.loss))
                 fail(fmt::format("step {}: the validation loss is {}", done, last_eval.loss));
             if (log) log->log_eval(done, last_eval.loss, last_eval.accuracy);

@@ -47,13 +47,15 @@ inline std::vector<Case> all_cases(bool tie = false) {
     return cases;
 }
 
-// One plugin with its own parameter and gradient arenas.
+// One plugin with its own parameter and gradient arenas, aligned as the model's are
+// (Eigen peels a head off a vectorised loop by address, so the last bits of a result can
+// depend on where a malloc-aligned buffer landed).
 template <class S>
 struct PluginUnderTest {
     std::unique_ptr<Attention<S>> attn;
     std::vector<ParamSpec> specs;
     std::vector<int64_t> offsets;
-    std::vector<S> theta, grad;
+    std::vector<S, Eigen::aligned_allocator<S>> theta, grad;
 
     PluginUnderTest(const ModelConfig& cfg, uint64_t seed) : attn(make_attention<S>(cfg)), specs(attn->param_specs()) {
         int64_t off = 0;
