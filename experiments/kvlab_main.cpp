@@ -2,6 +2,7 @@
 // User errors (kvlab::Error) print one clean message and exit with status 2.
 #include "cli.h"
 #include "core/gemm.h"
+#include "model/batch_split.h"
 #include "dist/mpi.h"
 
 #include <fmt/format.h>
@@ -46,6 +47,13 @@ void print_help() {
                "the KV cache (GQA, MQA, MLA, low-rank compression) costs in capability.\n\ncommands:\n");
     for (const auto& c : commands())
         if (c.summary) fmt::print("  {:<12} {}\n", c.name, c.summary);
+    fmt::print("\nenvironment:\n"
+               "  KVLAB_DATA_DIR           where a relative data.path is looked for when it is not next to the config\n"
+               "  KVLAB_GEMM               auto (default: OpenBLAS, checked, else Eigen), openblas or eigen\n"
+               "  KVLAB_OPENBLAS_CORETYPE  OpenBLAS core type instead of the one chosen from the CPU\n"
+               "  KVLAB_OPENBLAS_LIB       path of the OpenMP build of libopenblas to load\n"
+               "  KVLAB_BATCH_SPLIT        auto (default: training splits each batch between the threads)\n"
+               "                           or off (the products share the threads)\n");
 }
 
 // Ends the process after an error without running atexit handlers: HDF5 1.10's own one
@@ -98,6 +106,7 @@ int main(int argc, char** argv) {
         // A bad KVLAB_GEMM fails every command at once; the backend itself is loaded by
         // the first model or product (core/gemm.h).
         gemm::check_env();
+        batch_shards_from_env(1, 1);   // likewise a bad KVLAB_BATCH_SPLIT
         for (const auto& c : commands())
             if (argv[1] == std::string(c.name)) {
                 const int rc = c.run(argc, argv);

@@ -3,6 +3,9 @@
 #include "core/error.h"
 #include "model/batch_split.h"
 #include "support/harness.h"
+#include "support/process.h"
+
+#include <fmt/format.h>
 
 #include <omp.h>
 
@@ -136,5 +139,23 @@ TEST_CASE("KVLAB_BATCH_SPLIT chooses the shard count and rejects other values") 
         CHECK(batch_shards_from_env(2, 32) == 1);
     }
     ScopedEnvVar e("KVLAB_BATCH_SPLIT", "yes");
-    CHECK_THROWS_WITH_AS(batch_shards_from_env(2, 32), doctest::Contains("KVLAB_BATCH_SPLIT='yes'"), Error);
+    CHECK_THROWS_WITH_AS(batch_shards_from_env(2, 32), doctest::Contains("KVLAB_BATCH_SPLIT=\"yes\": allowed are"),
+                         Error);
+}
+
+TEST_CASE("kvlab rejects a bad KVLAB_BATCH_SPLIT at once, and bench reports the shards") {
+    const auto bad = run_shell(fmt::format("KVLAB_BATCH_SPLIT=2 '{}' list", KVLAB_BINARY));
+    INFO(bad.output);
+    CHECK(bad.status == 2);
+    CHECK(bad.output.find("KVLAB_BATCH_SPLIT=\"2\": allowed are auto") != std::string::npos);
+    for (const char* mode : {"auto", "off"}) {
+        CAPTURE(mode);
+        const auto b = run_shell(fmt::format("KVLAB_BATCH_SPLIT={} '{}' bench --config small --plugins gqa --threads 2 "
+                                             "--steps 1 --parts train",
+                                             mode, KVLAB_BINARY));
+        INFO(b.output);
+        REQUIRE(b.status == 0);
+        const std::string row = std::string(mode) == "auto" ? "small  gqa         2      2" : "small  gqa         2      1";
+        CHECK(b.output.find(row) != std::string::npos);
+    }
 }

@@ -16,8 +16,8 @@ int batch_shards_from_env(int threads, int batch) {
     const std::string mode = v ? v : "auto";
     if (mode == "off") return 1;
     if (mode != "auto" && !mode.empty())
-        throw Error(fmt::format("KVLAB_BATCH_SPLIT='{}': allowed are auto (one batch shard per thread, the default) "
-                                "and off (the products share the threads)",
+        throw Error(fmt::format("KVLAB_BATCH_SPLIT=\"{}\": allowed are auto (the default: one batch shard per "
+                                "thread) and off (the products share the threads)",
                                 mode));
     return std::max(1, std::min(threads, batch));
 }
