@@ -70,6 +70,7 @@ struct Simd {
     }
     static KVLAB_ALWAYS_INLINE Reg zero() { return _mm512_setzero_ps(); }
     static KVLAB_ALWAYS_INLINE Reg load(Mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+    static KVLAB_ALWAYS_INLINE Reg load(const float* p) { return _mm512_loadu_ps(p); }
     static KVLAB_ALWAYS_INLINE void store(float* p, Mask m, Reg x) { _mm512_mask_storeu_ps(p, m, x); }
     static KVLAB_ALWAYS_INLINE Reg broadcast(float x) { return _mm512_set1_ps(x); }
     static KVLAB_ALWAYS_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
@@ -80,12 +81,13 @@ struct Simd {
     using Reg = __m256;
     using Mask = __m256i;
     static constexpr int kLanes = 8;
-    static constexpr int kScoreHeads = 6, kMixLatents = 2, kMixHeads = 6;
+    static constexpr int kScoreHeads = 4, kMixLatents = 3, kMixHeads = 4;
     static KVLAB_ALWAYS_INLINE Mask tail(int left) {   // lanes i < left
         return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     }
     static KVLAB_ALWAYS_INLINE Reg zero() { return _mm256_setzero_ps(); }
     static KVLAB_ALWAYS_INLINE Reg load(Mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+    static KVLAB_ALWAYS_INLINE Reg load(const float* p) { return _mm256_loadu_ps(p); }
     static KVLAB_ALWAYS_INLINE void store(float* p, Mask m, Reg x) { _mm256_maskstore_ps(p, m, x); }
     static KVLAB_ALWAYS_INLINE Reg broadcast(float x) { return _mm256_set1_ps(x); }
     static KVLAB_ALWAYS_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
@@ -108,9 +110,11 @@ static_assert(kTile % kScoreTokens == 0, "a scores block never crosses a tile");
 KVLAB_ALWAYS_INLINE int tile_width(int cap, int t) { return std::min(kTile, cap - t / kTile * kTile); }
 
 // Tokens [t0, t0 + len), len ≤ kScoreTokens, all inside one tile.
-template <int TV, int HB>
-KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const float* q, int ldq, int h0, int t0,
-                                      int len, float* s, int ld_s) {
+// Tokens [t0, t0 + len), len ≤ kScoreTokens, all inside one tile. FULL: len == TV lanes
+// (plain loads; a masked load costs more on some CPUs).
+template <int TV, int HB, bool FULL>
+KVLAB_ALWAYS_INLINE void scores_block_impl(const float* lat, int K, int cap, const float* q, int ldq, int h0, int t0,
+                                           int len, float* s, int ld_s) {
     using V = Simd;
     typename V::Reg acc[TV][HB];
     typename V::Mask m[TV];
@@ -134,7 +138,10 @@ KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const fl
             _mm_prefetch(reinterpret_cast<const char*>(row + next + i), _MM_HINT_T0);
         typename V::Reg x[TV];
 #pragma GCC unroll 8
-        for (int j = 0; j < TV; ++j) x[j] = V::load(m[j], row + V::kLanes * j);
+        for (int j = 0; j < TV; ++j) {
+            if constexpr (FULL) x[j] = V::load(row + V::kLanes * j);
+            else x[j] = V::load(m[j], row + V::kLanes * j);
+        }
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) {
             const typename V::Reg b = V::broadcast(qh[h][k]);
@@ -146,6 +153,13 @@ KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const fl
     for (int j = 0; j < TV; ++j)
 #pragma GCC unroll 8
         for (int h = 0; h < HB; ++h) V::store(s + (h0 + h) * ld_s + t0 + V::kLanes * j, m[j], acc[j][h]);
+}
+
+template <int TV, int HB>
+KVLAB_ALWAYS_INLINE void scores_block(const float* lat, int K, int cap, const float* q, int ldq, int h0, int t0,
+                                      int len, float* s, int ld_s) {
+    if (len == TV * Simd::kLanes) scores_block_impl<TV, HB, true>(lat, K, cap, q, ldq, h0, t0, len, s, ld_s);
+    else scores_block_impl<TV, HB, false>(lat, K, cap, q, ldq, h0, t0, len, s, ld_s);
 }
 
 template <int KB, int HB>
@@ -163,13 +177,24 @@ KVLAB_ALWAYS_INLINE void mix_block(const float* lat, int K, int cap, int t0, int
         const float* row = latent_at(lat, K, cap, k0, t);
         const int w = tile_width(cap, t);
         typename V::Reg x[KB];
+        if (step == V::kLanes) {   // whole vectors: plain loads (a masked load costs more on some CPUs)
 #pragma GCC unroll 8
-        for (int j = 0; j < KB; ++j) x[j] = V::load(m, row + j * w);
+            for (int j = 0; j < KB; ++j) x[j] = V::load(row + j * w);
 #pragma GCC unroll 8
-        for (int h = 0; h < HB; ++h) {
-            const typename V::Reg ph = V::load(m, p + (h0 + h) * ld_p + t);
+            for (int h = 0; h < HB; ++h) {
+                const typename V::Reg ph = V::load(p + (h0 + h) * ld_p + t);
 #pragma GCC unroll 8
-            for (int j = 0; j < KB; ++j) acc[j][h] = V::fma(x[j], ph, acc[j][h]);
+                for (int j = 0; j < KB; ++j) acc[j][h] = V::fma(x[j], ph, acc[j][h]);
+            }
+        } else {
+#pragma GCC unroll 8
+            for (int j = 0; j < KB; ++j) x[j] = V::load(m, row + j * w);
+#pragma GCC unroll 8
+            for (int h = 0; h < HB; ++h) {
+                const typename V::Reg ph = V::load(m, p + (h0 + h) * ld_p + t);
+#pragma GCC unroll 8
+                for (int j = 0; j < KB; ++j) acc[j][h] = V::fma(x[j], ph, acc[j][h]);
+            }
         }
         t += step;
     }
