@@ -147,7 +147,10 @@ TEST_CASE("kvlab bench writes its four tables, with the model FLOPs and cache by
         const int64_t count = column<int64_t>(m, "count_bytes")[i], peak_rss = column<int64_t>(m, "peak_rss_bytes")[i];
         CHECK(double(params) == 4 * expected_params(mplugin[i]));
         CHECK(act > 0);
-        CHECK(count == 4 * params + act);
+        const int64_t shards = column<int64_t>(m, "batch_shards")[i];
+        CHECK(shards == 1);   // --threads 1
+        CHECK(column<int64_t>(m, "replica_grad_bytes")[i] == (shards - 1) * params);
+        CHECK(count == 4 * params + act + (shards - 1) * params);
         CHECK(column<double>(m, "ratio")[i] == doctest::Approx(double(peak_rss) / double(count)));
         // everything counted is allocated and written by a training step, so it is resident
         CHECK(peak_rss >= count);
