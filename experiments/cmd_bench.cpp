@@ -23,6 +23,7 @@
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,6 +33,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 
 namespace kvlab::cli {
 
@@ -71,7 +73,10 @@ Measures kvlab's speed against the GEMM limit of this machine, in one run:
            RMSNorms and residual adds, LM head + loss (final norm, lm_head, cross-entropy),
            embedding, optimizer (clip + AdamW) and zero_grad.
   decode   batch-1 decode tokens/s of the large model at each context (the mechanics of
-           kvlab decode-bench, each plugin's default decode implementation).
+           kvlab decode-bench, each plugin's default decode implementation), against its
+           memory bound: a step reads every weight it multiplies by and the whole cache
+           once, so tokens/s cannot pass (read bandwidth) / (those bytes), the bandwidth
+           measured in the same run by reading as many bytes with the same threads.
   memory   peak RSS (getrusage ru_maxrss) of a training run of each configuration and
            plugin, each in its own child process, against parameters + gradients + 2 AdamW
            states + the activation buffers the model and plugins allocated (every batch
@@ -406,7 +411,32 @@ struct DecodeRow {
     int threads = 0, context = 0, steps = 0;
     int64_t cache_bytes = 0;
     double tokens_per_second = 0, step_seconds = 0, prefill_seconds = 0;
+    // The memory bound: a step reads every weight it multiplies by and the whole cache once.
+    int64_t bytes_per_token = 0;    // weights (all but the embedding table) + cache bytes
+    double read_gbs = 0;            // sequential read of that many bytes, GB/s, best pass
+    double bound_tokens_per_second = 0;   // read_gbs / bytes_per_token
 };
+
+// GB/s of reading `bytes` (a float buffer, split in contiguous shares between `threads`),
+// the best of `passes` passes: what a decode step that reads as much could at most reach.
+double read_bandwidth(int64_t bytes, int threads, int passes = 30) {
+    const Eigen::Index n = std::max<Eigen::Index>(Eigen::Index(bytes / int64_t(sizeof(float))), 1024);
+    Eigen::VectorXf buf = Eigen::VectorXf::LinSpaced(n, 0.f, 1.f);
+    std::vector<float> sums(static_cast<size_t>(threads));
+    double best = 1e30;
+    for (int r = 0; r < passes; ++r) {
+        const auto t0 = Clock::now();
+#pragma omp parallel num_threads(threads)
+        {
+            const int t = omp_get_thread_num(), m = omp_get_num_threads();
+            const Eigen::Index a = n * t / m, b = n * (t + 1) / m;
+            sums[size_t(t)] += buf.segment(a, b - a).sum();
+        }
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    KV_CHECK(std::isfinite(std::accumulate(sums.begin(), sums.end(), 0.0)), "bench: read bandwidth check");
+    return double(n) * sizeof(float) / best / 1e9;
+}
 
 // ---------------------------------------------------------------------------- (e) memory
 struct MemoryRow {
@@ -655,23 +685,35 @@ int cmd_bench(int argc, char** argv) {
             Transformer<float> m(with_plugin(bm.model, p));
             m.init(0);
             const std::string impl = m.attention(0).decode_impls().front();
+            const int64_t weight_bytes =
+                (m.n_params() - int64_t(bm.model.vocab_size) * bm.model.d_model) * int64_t(sizeof(float));
             for (int th : threads) {
                 set_threads(th);
                 for (int C : contexts) {
                     const DecodeTiming t = time_decode(m, impl, C, dsteps, drepeats, tokens);
-                    dec.push_back({p, impl, th, C, dsteps, t.cache_bytes, t.tokens_per_second, t.step_seconds,
-                                   t.prefill_seconds});
+                    DecodeRow r{p, impl, th, C, dsteps, t.cache_bytes, t.tokens_per_second, t.step_seconds,
+                                t.prefill_seconds};
+                    r.bytes_per_token = weight_bytes + t.cache_bytes;
+                    r.read_gbs = read_bandwidth(r.bytes_per_token, th);
+                    r.bound_tokens_per_second = r.read_gbs * 1e9 / double(r.bytes_per_token);
+                    dec.push_back(r);
                     fmt::print(stderr, "bench: decode {}/{} {} thread(s) context {}: {:.0f} tokens/s\n", p, impl, th,
                                C, t.tokens_per_second);
                 }
             }
         }
-        fmt::print("{:<5} {:<9} {:>7} {:>8} {:>12} {:>10} {:>10}\n", "attn", "impl", "threads", "context",
-                   "cache bytes", "tokens/s", "prefill s");
+        fmt::print("{:<5} {:<9} {:>7} {:>8} {:>12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}\n", "attn", "impl",
+                   "threads", "context", "cache bytes", "tokens/s", "prefill s", "MB/token", "read GB/s", "bound t/s",
+                   "of bound");
         for (const auto& r : dec)
-            fmt::print("{:<5} {:<9} {:>7} {:>8} {:>12} {:>10.1f} {:>10.2f}\n", r.plugin, r.impl, r.threads, r.context,
-                       r.cache_bytes, r.tokens_per_second, r.prefill_seconds);
-        fmt::print("tokens/s = {} timed decode steps ending at the context / their median time over {} repeats\n",
+            fmt::print("{:<5} {:<9} {:>7} {:>8} {:>12} {:>10.1f} {:>10.2f} {:>9.1f} {:>9.1f} {:>9.0f} {:>8.0f}%\n",
+                       r.plugin, r.impl, r.threads, r.context, r.cache_bytes, r.tokens_per_second, r.prefill_seconds,
+                       r.bytes_per_token / 1e6, r.read_gbs, r.bound_tokens_per_second,
+                       100 * r.tokens_per_second / r.bound_tokens_per_second);
+        fmt::print("tokens/s = {} timed decode steps ending at the context / their median time over {} repeats;\n"
+                   "MB/token = the weights a step multiplies by (all but the embedding table) + the cache; read GB/s "
+                   "= a sequential read of that many bytes with the same threads (best of 30 passes); bound t/s = "
+                   "read GB/s / MB/token: the memory bound of the step\n",
                    dsteps, drepeats);
     }
 
@@ -736,7 +778,11 @@ int cmd_bench(int argc, char** argv) {
                          {"cache_bytes", column(dec, [](const DecodeRow& r) { return r.cache_bytes; })},
                          {"tokens_per_second", column(dec, [](const DecodeRow& r) { return r.tokens_per_second; })},
                          {"step_seconds", column(dec, [](const DecodeRow& r) { return r.step_seconds; })},
-                         {"prefill_seconds", column(dec, [](const DecodeRow& r) { return r.prefill_seconds; })}};
+                         {"prefill_seconds", column(dec, [](const DecodeRow& r) { return r.prefill_seconds; })},
+                         {"bytes_per_token", column(dec, [](const DecodeRow& r) { return r.bytes_per_token; })},
+                         {"read_gbs", column(dec, [](const DecodeRow& r) { return r.read_gbs; })},
+                         {"bound_tokens_per_second",
+                          column(dec, [](const DecodeRow& r) { return r.bound_tokens_per_second; })}};
             write_table(out, "/bench/decode", t);
         }
         if (!mem.empty()) {

@@ -134,6 +134,13 @@ TEST_CASE("kvlab bench writes its four tables, with the model FLOPs and cache by
         const int64_t per_token = dplugin[i] == "mha" ? 2 * 8 * 32 : 128 + 16;   // 2·H·dh | dc + dR
         CHECK(cache[i] == ctx[i] * 4 * per_token * 4);
         CHECK(column<double>(d, "tokens_per_second")[i] > 0);
+        // the memory bound: weights (all but the 256 x 256 embedding) + cache, over the read bandwidth
+        const int64_t bytes = column<int64_t>(d, "bytes_per_token")[i];
+        if (dplugin[i] == "mha") CHECK(bytes == (3280128 - 256 * 256) * 4 + cache[i]);   // large mha: 3,280,128 params
+        CHECK(bytes > cache[i]);
+        CHECK(column<double>(d, "read_gbs")[i] > 0);
+        CHECK(column<double>(d, "bound_tokens_per_second")[i] ==
+              doctest::Approx(column<double>(d, "read_gbs")[i] * 1e9 / double(bytes)));
     }
     CHECK(column<std::string>(d, "impl")[2] == "absorbed");
 
