@@ -254,6 +254,15 @@ TEST_CASE("config: the plugin's own check is reported at the key's line (gqa hea
                          doctest::Contains(at(cfg_name()) + ":3:3: model.kv_lora_rank: mla needs kv_lora_rank"), ConfigError);
     CHECK_THROWS_WITH_AS(load(mqar_yaml(), {"model.attention=mla", "model.kv_lora_rank=2.5", "model.qk_rope_head_dim=4"}),
                          doctest::Contains("<--set>: model.kv_lora_rank: expected an integer, got \"2.5\""), ConfigError);
+    // An odd head_dim for a plugin that rotates whole heads: the plugin's error, not RoPE's
+    // internal check (a fuzzer input reached that one first for mha/gqa/mqa).
+    for (const char* plugin : {"mha", "gqa", "mqa", "latent_kv"}) {
+        CAPTURE(plugin);
+        std::vector<std::string> sets = {std::string("model.attention=") + plugin, "model.head_dim=7"};
+        if (std::string(plugin) == "latent_kv") sets.push_back("model.latent_rank=4");
+        CHECK_THROWS_WITH_AS(load(mqar_yaml(), sets),
+                             doctest::Contains("model.head_dim: must be even for RoPE, got 7"), ConfigError);
+    }
     // The task's own check, too.
     CHECK_THROWS_WITH_AS(load(mqar_yaml(), {"data.num_kv_pairs=200"}), doctest::Contains("<--set>: data.num_kv_pairs: must be in"),
                          ConfigError);

@@ -39,12 +39,13 @@ public:
     using typename Attention<S>::CRef;
 
     MhaFamily(std::string name, const ModelConfig& c, int G)
-        : name_(std::move(name)), D_(c.d_model), H_(c.n_heads), G_(G), dh_(c.head_dim), rope_(c.head_dim, c.rope_theta) {
+        : name_(std::move(name)), D_(c.d_model), H_(c.n_heads), G_(G), dh_(c.head_dim) {
         if (G_ < 1 || H_ % G_ != 0)
             throw ConfigError("model.n_kv_heads",
                               fmt::format("n_heads ({}) must be divisible by n_kv_heads ({})", H_, G_));
         if (dh_ % 2 != 0)
             throw ConfigError("model.head_dim", fmt::format("must be even for RoPE, got {}", dh_));
+        rope_ = Rope<S>(dh_, c.rope_theta);   // after the checks: Rope's own is an internal one
     }
 
     std::string_view name() const override { return name_; }
