@@ -2,6 +2,7 @@
 // model replicas gives the loss and gradient of the unsplit step, for every plugin.
 #include "core/error.h"
 #include "model/batch_split.h"
+#include "support/env.h"
 #include "support/harness.h"
 #include "support/process.h"
 
@@ -21,17 +22,6 @@ struct ScopedThreads {
     explicit ScopedThreads(int n) : old_(omp_get_max_threads()) { omp_set_num_threads(n); }
     ~ScopedThreads() { omp_set_num_threads(old_); }
     int old_;
-};
-
-struct ScopedEnvVar {
-    ScopedEnvVar(const char* name, const char* value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old, had_ = true;
-        setenv(name, value, 1);
-    }
-    ~ScopedEnvVar() { had_ ? setenv(name_, old_.c_str(), 1) : unsetenv(name_); }
-    const char* name_;
-    std::string old_;
-    bool had_ = false;
 };
 
 // B = 5 sequences of T = 6; sequence 3 has no scored target (all -1), others some.
@@ -129,16 +119,16 @@ TEST_CASE("errors inside a shard reach the caller; with fewer sequences than sha
 
 TEST_CASE("KVLAB_BATCH_SPLIT chooses the shard count and rejects other values") {
     {
-        ScopedEnvVar e("KVLAB_BATCH_SPLIT", "auto");
+        ScopedEnv e("KVLAB_BATCH_SPLIT", "auto");
         CHECK(batch_shards_from_env(2, 32) == 2);
         CHECK(batch_shards_from_env(4, 3) == 3);
         CHECK(batch_shards_from_env(1, 32) == 1);
     }
     {
-        ScopedEnvVar e("KVLAB_BATCH_SPLIT", "off");
+        ScopedEnv e("KVLAB_BATCH_SPLIT", "off");
         CHECK(batch_shards_from_env(2, 32) == 1);
     }
-    ScopedEnvVar e("KVLAB_BATCH_SPLIT", "yes");
+    ScopedEnv e("KVLAB_BATCH_SPLIT", "yes");
     CHECK_THROWS_WITH_AS(batch_shards_from_env(2, 32), doctest::Contains("KVLAB_BATCH_SPLIT=\"yes\": allowed are"),
                          Error);
 }

@@ -1,6 +1,7 @@
 // The config loader (config/loader.h): types, defaults, positions in messages, --set,
 // plugin/task validation, the data file lookup, the resolved dump and sweeps.
 #include "config/loader.h"
+#include "support/env.h"
 
 #include <doctest/doctest.h>
 
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 using namespace kvlab;
+using kvlab::test::ScopedEnv;
 namespace fs = std::filesystem;
 
 namespace {
@@ -58,16 +60,6 @@ ExperimentConfig load(const std::string& yaml, const std::vector<std::string>& s
     for (const auto& s : sets) ov.push_back(parse_override(s));
     return load_config_text(yaml, cfg_name(), ov);
 }
-
-struct ScopedEnv {
-    ScopedEnv(const char* name, const std::string& value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old;
-        setenv(name, value.c_str(), 1);
-    }
-    ~ScopedEnv() { old_.empty() ? unsetenv(name_) : setenv(name_, old_.c_str(), 1); }
-    const char* name_;
-    std::string old_;
-};
 
 const char* const kFullYaml = R"(name: compare-attention
 seed: 3

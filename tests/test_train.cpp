@@ -3,6 +3,7 @@
 #include "config/loader.h"
 #include "io/results.h"
 #include "model/checkpoint.h"
+#include "support/env.h"
 #include "support/harness.h"
 #include "train/optim.h"
 #include "train/trainer.h"
@@ -136,13 +137,9 @@ TEST_CASE("training on 2 threads with the batch split follows the unsplit run to
     // KVLAB_BATCH_SPLIT=off runs the same steps with the products sharing the threads; the
     // split runs each half batch on its own thread. Same data, same updates up to the order
     // of sums: the curves agree closely, evaluation (loss and MQAR accuracy) included.
-    struct Env {
-        explicit Env(const char* v) { setenv("KVLAB_BATCH_SPLIT", v, 1); }
-        ~Env() { unsetenv("KVLAB_BATCH_SPLIT"); }
-    };
     const auto a = tmp_path("split_auto.h5"), b = tmp_path("split_off.h5");
     auto run = [&](const char* mode, const std::string& out) {
-        Env e(mode);
+        ScopedEnv e("KVLAB_BATCH_SPLIT", mode);
         auto cfg = load_config_text(kMqarSmall, "mqar-small.yaml",
                                     {{"output.path", out}, {"train.threads", "2"}, {"train.steps", "40"},
                                      {"train.eval_every", "20"}});
