@@ -111,23 +111,33 @@ TEST_CASE("every plugin's decode reproduces its forward, for each decode impleme
 }
 
 // Decode shares its work out between OpenMP threads only above a size (ops::kParallelMatvec
-// elements per product, or per step of attention over the cache): at D = 128 and 160 cached
+// elements per product, or per step of attention over the cache): at D = 128 and 300 cached
 // tokens every split path runs, and must give the forward's outputs and the one-thread ones.
-// In float with AVX-512, absorbed MLA runs the kernels of latent_kernels.h; in double it
-// runs the Eigen products every other build uses, so both scalar types are checked.
+// In float with AVX-512 or AVX2, absorbed MLA runs the kernels of latent_kernels.h (with
+// AVX2, 4 heads take the head-major kernels and 8 the heads-in-lanes ones; 300 tokens on one
+// thread cross a 256-token chunk); in double it runs the Eigen products every other build
+// uses, so both scalar types are checked.
 template <class S>
 void check_decode_split(double vs_forward, double vs_one_thread) {
-    const int B = 1, T = 160;
+    const int B = 1, T = 300;
     const int saved = omp_get_max_threads();
-    for (auto c : all_cases()) {
-        c.cfg.d_model = 128;
-        c.cfg.head_dim = 32;
-        for (auto& [k, v] : c.cfg.plugin) {
-            if (k == "kv_lora_rank") v = 112;
-            if (k == "qk_rope_head_dim") v = 16;
-            if (k == "q_lora_rank" && v > 0) v = 96;
-            if (k == "latent_rank") v = 48;
+    std::vector<Case> cases;
+    for (const auto& base : all_cases())
+        for (const int heads : {4, 8}) {
+            Case c = base;
+            c.label += fmt::format(", {} heads", heads);
+            c.cfg.d_model = 128;
+            c.cfg.n_heads = heads;
+            c.cfg.head_dim = 128 / heads;
+            for (auto& [k, v] : c.cfg.plugin) {
+                if (k == "kv_lora_rank") v = 112;
+                if (k == "qk_rope_head_dim") v = 16;
+                if (k == "q_lora_rank" && v > 0) v = 96;
+                if (k == "latent_rank") v = 48;
+            }
+            cases.push_back(c);
         }
+    for (const auto& c : cases) {
         PluginUnderTest<S> p(c.cfg, 21);
         for (auto& w : p.theta) w *= S(0.5);   // D = 128: keep the scores in softmax's sensitive range
         Rng rng(4);

@@ -8,6 +8,10 @@
 
 #include <omp.h>
 
+#include <cmath>
+#include <limits>
+#include <vector>
+
 using namespace kvlab;
 using namespace kvlab::test;
 
@@ -136,12 +140,13 @@ TEST_CASE("latent kernels: scores and mix over the tiled cache equal the product
             for (int t = 0; t < d.cap; ++t) lat[latent::latent_index(d.K, d.cap, k, t)] = plain(k, t);
         for (float v : lat) REQUIRE(!std::isnan(v));   // the layout covers every float once
         const MatD want_s = plain.leftCols(d.n).cast<double>().transpose() * q.cast<double>().transpose();   // [n, H]
-        // head-major scores with a leading dimension larger than n, in three token ranges
+        // head-major scores with a leading dimension larger than n, in three token ranges (each
+        // range's scores start at its first token's column)
         const int ld_s = d.n + 3;
         std::vector<float> s(size_t(ld_s) * d.H, -7.0f);
         const int s1 = d.n / 3, s2 = 2 * d.n / 3 + 1;
         for (const auto& [a, b] : {std::pair{0, s1}, std::pair{s1, s2}, std::pair{s2, d.n}})
-            latent::scores(lat.data(), d.K, d.cap, q.data(), d.K, d.H, a, b, s.data(), ld_s);
+            latent::scores(lat.data(), d.K, d.cap, q.data(), d.K, d.H, a, b, s.data() + a, ld_s);
         MatD got_s(d.n, d.H);
         for (int h = 0; h < d.H; ++h) {
             for (int t = 0; t < d.n; ++t) got_s(t, h) = s[size_t(h) * ld_s + t];
@@ -156,7 +161,7 @@ TEST_CASE("latent kernels: scores and mix over the tiled cache equal the product
         const int ksplit = d.dc / 2 + 1, tsplit = d.n / 2 + 3 < d.n ? d.n / 2 + 3 : d.n;
         for (const auto& [ka, kb] : {std::pair{0, ksplit}, std::pair{ksplit, d.dc}}) {
             latent::mix(lat.data(), d.K, d.cap, 0, tsplit, s.data(), ld_s, d.H, ka, kb, o.data(), ld_o);
-            latent::mix(lat.data(), d.K, d.cap, tsplit, d.n, s.data(), ld_s, d.H, ka, kb, o.data(), ld_o, true);
+            latent::mix(lat.data(), d.K, d.cap, tsplit, d.n, s.data() + tsplit, ld_s, d.H, ka, kb, o.data(), ld_o, true);
         }
         MatD got_o(d.dc, d.H);
         for (int h = 0; h < d.H; ++h) {
@@ -164,5 +169,63 @@ TEST_CASE("latent kernels: scores and mix over the tiled cache equal the product
             for (int k = d.dc; k < ld_o; ++k) CHECK(o[size_t(h) * ld_o + k] == -7.0f);
         }
         CHECK(rel_diff(got_o, want_o) < 1e-5);
+    }
+}
+
+TEST_CASE("latent kernels: attend gives each head's online-softmax state over a token range") {
+    Rng rng(8);
+    // head counts on both sides of the heads-in-lanes path (more than 4 heads with AVX2:
+    // 5, 8, 11 and 16 heads, one and two lane groups, padded or not), capacities that are
+    // not multiples of the tile, ranges longer than a chunk (256 and 512 tokens), ranges
+    // that start and end inside tiles, and an empty one
+    struct Dims {
+        int cap, K, dc, H, a, b;
+    };
+    for (const Dims d : {Dims{600, 144, 128, 8, 0, 600}, Dims{600, 144, 128, 8, 32, 577}, Dims{70, 42, 37, 3, 0, 70},
+                         Dims{300, 66, 49, 5, 7, 299}, Dims{530, 40, 29, 11, 0, 530}, Dims{90, 48, 30, 16, 33, 90},
+                         Dims{64, 20, 13, 4, 0, 64}, Dims{40, 20, 13, 8, 32, 32}}) {
+        CAPTURE(d.cap);
+        CAPTURE(d.H);
+        CAPTURE(d.a);
+        CAPTURE(d.b);
+        const Mat plain = random_mat<float>(d.K, d.cap, rng);
+        const Mat q = random_mat<float>(d.H, d.K, rng) * 0.5f;   // scores of a few units: a peaked softmax
+        std::vector<float> lat(size_t(d.K) * d.cap);
+        for (int k = 0; k < d.K; ++k)
+            for (int t = 0; t < d.cap; ++t) lat[latent::latent_index(d.K, d.cap, k, t)] = plain(k, t);
+        const float scale = 0.7f;
+        std::vector<float> scratch(latent::attend_scratch(d.H, d.K, d.dc), std::nanf(""));
+        std::vector<float> o(size_t(d.H) * d.dc, std::nanf("")), m(d.H, std::nanf("")), l(d.H, std::nanf(""));
+        latent::attend(lat.data(), d.K, d.dc, d.cap, q.data(), d.H, d.a, d.b, scale, scratch.data(), o.data(), m.data(),
+                       l.data());
+        const int n = d.b - d.a;
+        if (n == 0) {
+            for (int h = 0; h < d.H; ++h) {
+                CHECK(m[h] == -std::numeric_limits<float>::infinity());
+                CHECK(l[h] == 0.0f);
+            }
+            for (float v : o) CHECK(v == 0.0f);
+            continue;
+        }
+        // in double: s = q · lat over the range, m = max s·scale, e = exp(s·scale − m), l = Σ e, o = lat e
+        const MatD C = plain.middleCols(d.a, n).cast<double>();                  // [K, n]
+        const MatD sc = (q.cast<double>() * C) * double(scale);                  // [H, n]
+        MatD want_o(d.H, d.dc), got_o(d.H, d.dc);
+        for (int h = 0; h < d.H; ++h) {
+            const double mh = sc.row(h).maxCoeff();
+            const Eigen::RowVectorXd e = (sc.row(h).array() - mh).exp().matrix();
+            CHECK(std::abs(m[h] - mh) <= 1e-5 * std::max(1.0, std::abs(mh)));
+            CHECK(std::abs(l[h] - e.sum()) <= 1e-5 * e.sum());
+            want_o.row(h) = e * C.topRows(d.dc).transpose();
+            for (int k = 0; k < d.dc; ++k) got_o(h, k) = o[size_t(h) * d.dc + k];
+        }
+        CHECK(rel_diff(got_o, want_o) < 1e-5);
+        // the same range again gives the same bits (no state kept between calls)
+        std::vector<float> o2(o.size()), m2(m.size()), l2(l.size());
+        latent::attend(lat.data(), d.K, d.dc, d.cap, q.data(), d.H, d.a, d.b, scale, scratch.data(), o2.data(),
+                       m2.data(), l2.data());
+        CHECK(o2 == o);
+        CHECK(m2 == m);
+        CHECK(l2 == l);
     }
 }

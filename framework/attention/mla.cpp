@@ -275,8 +275,8 @@ public:
         bool naive = false;
         // Latent-major: c_KV (latents 0..dc-1) and the RoPE'd shared key kR (dc..dc+dR-1) of
         // tokens 0..length-1, token t in column t (counted). For absorbed decoding in float
-        // with AVX-512 in latent_kernels.h's tiles of 32 tokens (tiled); otherwise plain,
-        // [dc + dR, max_T] row-major. dc + dR floats per token either way.
+        // with AVX-512 or AVX2 in latent_kernels.h's tiles of 32 tokens (tiled); otherwise
+        // plain, [dc + dR, max_T] row-major. dc + dR floats per token either way.
         bool tiled = false;
         VecT<S> lat;
         Mat tok;                       // [1, dc + dR]  this token's c_KV and kR before they are stored
@@ -286,7 +286,8 @@ public:
         Mat qabs;                      // [H, dc + dR]  absorbed queries [q̃_i | qR_i], q̃_i = qC_i W_UK,i
         Mat part_o;                    // fused: [threads·H, dc] each thread's unnormalised õ per head
         std::vector<S> part_m, part_l; // fused: [threads·H] its running max and Σ exp per head
-        ColMat sT;                     // [max_T, H] scores, then probabilities; head i's in column i
+        std::vector<S> part_scratch;   // fused: latent::attend's scratch, per thread
+        ColMat sT;                     // not fused: [max_T, H] scores, then probabilities; head i's in column i
         ColMat oT;                     // [dc, H]   õ_iᵀ = C_KVᵀ p_iᵀ in column i
         Mat o;                         // [1, H*dh] concat_i(o_i)
         Mat kc_all, v_all;             // naive: [max_T, H*dh] decompressed keys and values
@@ -325,7 +326,7 @@ public:
             c->p.resize(1, max_T);
         } else {
             c->qabs.resize(H, dc_ + dR_);
-            c->sT.resize(max_T, H);
+            if (!kFused) c->sT.resize(max_T, H);
             c->oT.resize(dc_, H);
         }
         c->rope = rope_;
@@ -342,39 +343,21 @@ public:
     //   precomputed: it costs H·dh·dc per token (the size of w_uk) and can never go stale.
     // naive: decompress kC = C_KV w_ukᵀ and V = C_KV w_uvᵀ for every cached token at every
     //   step (into scratch) and attend as forward does: the reference path.
-    // Absorbed decoding in float runs the AVX-512 kernels of latent_kernels.h, when built in.
+    // Absorbed decoding in float runs the AVX-512 or AVX2 kernels of latent_kernels.h, when
+    // built in.
     static constexpr bool kFused = std::is_same_v<S, float> && latent::available();
-    // Cached tokens per chunk of latent_part: the chunk's latents (K · 512 floats, 288 KiB at
-    // K = 144) are read from memory by the scores and again, from L2, by p · C_KV.
-    static constexpr int kLatentChunk = 512;
 
-    // One thread's share of steps 4-5a, tokens [a, b) of the cache, in chunks, with the
-    // online softmax: per head a running max m and sum l of exp(s·scale − m), and the
-    // unnormalised õ rescaled by exp(m_old − m_new) whenever the max grows. The values are
-    // those of softmax then p · C_KV (summation order aside).
+    // One thread's share of steps 4-5a, tokens [a, b) of the cache, in one pass with an
+    // online softmax (latent::attend): per head the running max m and sum l of
+    // exp(s·scale − m), and the unnormalised õ. The values are those of softmax then
+    // p · C_KV (summation order aside).
     void latent_part(Cache& c, int thread, int a, int b, S scale) const {
         if constexpr (kFused) {
-            const int H = H_, K = dc_ + dR_, ld_s = int(c.sT.rows());
-            S* o = c.part_o.data() + size_t(thread) * H * dc_;
-            S* mh = c.part_m.data() + size_t(thread) * H;
-            S* lh = c.part_l.data() + size_t(thread) * H;
-            std::fill(o, o + size_t(H) * dc_, S(0));
-            std::fill(mh, mh + H, -std::numeric_limits<S>::infinity());
-            std::fill(lh, lh + H, S(0));
-            for (int c0 = a; c0 < b; c0 += kLatentChunk) {
-                const int len = std::min(b, c0 + kLatentChunk) - c0;
-                latent::scores(c.lat.data(), K, c.max_T, c.qabs.data(), K, H, c0, c0 + len, c.sT.data(), ld_s);
-                for (int h = 0; h < H; ++h) {
-                    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>> sv(c.sT.data() + size_t(h) * ld_s + c0, len);
-                    const S mx = std::max(mh[h], sv.maxCoeff() * scale);
-                    sv = (sv * scale - mx).exp();
-                    const S f = std::exp(mh[h] - mx);   // 0 on the first chunk
-                    lh[h] = lh[h] * f + sv.sum();
-                    Eigen::Map<Eigen::Array<S, Eigen::Dynamic, 1>>(o + size_t(h) * dc_, dc_) *= f;
-                    mh[h] = mx;
-                }
-                latent::mix(c.lat.data(), K, c.max_T, c0, c0 + len, c.sT.data(), ld_s, H, 0, dc_, o, dc_, true);
-            }
+            const int H = H_;
+            latent::attend(c.lat.data(), dc_ + dR_, dc_, c.max_T, c.qabs.data(), H, a, b, scale,
+                           c.part_scratch.data() + size_t(thread) * latent::attend_scratch(H, dc_ + dR_, dc_),
+                           c.part_o.data() + size_t(thread) * H * dc_, c.part_m.data() + size_t(thread) * H,
+                           c.part_l.data() + size_t(thread) * H);
         }
     }
 
@@ -433,16 +416,16 @@ public:
             }
             // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale = [q̃_i | qR_i] · lat[:, t'],
             //    softmax over t'; 5a. õ_i = p_i · C_KV.
-            //    In float with AVX-512 (kFused), 4 and 5a are one pass over the cache: each
-            //    thread takes a range of cached tokens, in chunks that stay in L2, with an
-            //    online softmax (latent_part), and the threads' parts are combined per head.
+            //    In float with AVX-512 or AVX2 (kFused), 4 and 5a are one pass over the cache:
+            //    each thread takes a range of cached tokens, in chunks that stay in L2, with
+            //    an online softmax (latent_part), and the threads' parts are combined per head.
             //    Otherwise: Eigen's products, the scores of all tokens first.
             const int K = dc_ + dR;
-            auto sT = c.sT.topRows(n);                                       // [n, H]
             if constexpr (kFused) {
                 c.part_o.resize(nt * H, dc_);   // no allocation once sized
                 c.part_m.resize(size_t(nt) * H);
                 c.part_l.resize(size_t(nt) * H);
+                c.part_scratch.resize(size_t(nt) * latent::attend_scratch(H, K, dc_));
             }
 #pragma omp parallel num_threads(nt)
             {
@@ -457,6 +440,7 @@ public:
 #pragma omp for schedule(static)
                     for (int i = 0; i < H; ++i) combine_parts(c, m, i);
                 } else {
+                    auto sT = c.sT.topRows(n);                               // [n, H]
                     if (b > a)
                         sT.middleRows(a, b - a).noalias() = c.plain().block(0, a, K, b - a).transpose() * c.qabs.transpose();
 #pragma omp barrier
