@@ -1,9 +1,11 @@
-// Finite-difference checks of every op's hand-written backward, in double, and RoPE's
-// defining properties.
+// Finite-difference checks of every op's hand-written backward, in double, RoPE's
+// defining properties, and decoding's matrix-vector products split between threads.
 #include "attention/rope.h"
 #include "attention/sdpa.h"
 #include "model/ops.h"
 #include "support/harness.h"
+
+#include <omp.h>
 
 using namespace kvlab;
 using namespace kvlab::test;
@@ -120,4 +122,43 @@ TEST_CASE("causal attention backward matches finite differences") {
     CHECK(rel_err(dot(dq, vq), fd(q, vq, f)) < 1e-7);
     CHECK(rel_err(dot(dk, vk), fd(k, vk, f)) < 1e-7);
     CHECK(rel_err(dot(dvv, vv), fd(v, vv, f)) < 1e-7);
+}
+
+// Decoding's products in one parallel region: the rows of several weights split between
+// threads wherever the split falls (inside a part, at a part's edge), against each product
+// computed alone; and the one-region SwiGLU MLP against its three steps. Sizes above
+// ops::kParallelMatvec so that two threads really split them.
+TEST_CASE("decode products of one input in one parallel region equal the products alone") {
+    Rng rng(31);
+    const int saved = omp_get_max_threads();
+    const int C = 96;
+    const MatD x = random_mat<double>(1, C, rng);
+    // 310 rows: 2 threads split them at 155, the third part's first row; 3 threads at 103
+    // and 206, inside the second and the third part
+    const MatD w1 = random_mat<double>(100, C, rng), w2 = random_mat<double>(55, C, rng),
+               w3 = random_mat<double>(155, C, rng);
+    REQUIRE((w1.size() + w2.size() + w3.size()) >= ops::kParallelMatvec);
+    const MatD want1 = x * w1.transpose(), want2 = x * w2.transpose(), want3 = x * w3.transpose();
+    for (int threads : {1, 2, 3}) {
+        CAPTURE(threads);
+        omp_set_num_threads(threads);
+        MatD o1 = MatD::Constant(1, 100, -7), o2 = MatD::Constant(1, 55, -7), o3 = MatD::Constant(1, 155, -7);
+        ops::matvecs_t<double>(x, {{CMapT<double>(w1.data(), 100, C), o1.data()},
+                                   {CMapT<double>(w2.data(), 55, C), o2.data()},
+                                   {CMapT<double>(w3.data(), 155, C), o3.data()}});
+        CHECK(max_rel_diff(o1, want1) < 1e-13);
+        CHECK(max_rel_diff(o2, want2) < 1e-13);
+        CHECK(max_rel_diff(o3, want3) < 1e-13);
+        // the SwiGLU MLP: [a | b] = x w_gateᵀ, h = silu(a) ⊙ b, out = h w_downᵀ
+        const int F = 200, D = 90;
+        const MatD wg = random_mat<double>(2 * F, C, rng) * 0.2, wd = random_mat<double>(D, F, rng);
+        REQUIRE(wd.size() >= ops::kParallelMatvec);
+        MatD ab(1, 2 * F), h(1, F), out(1, D);
+        ops::mlp_decode<double>(x, CMapT<double>(wg.data(), 2 * F, C), CMapT<double>(wd.data(), D, F), ab, h, out);
+        const MatD a = x * wg.topRows(F).transpose(), b = x * wg.bottomRows(F).transpose();
+        const MatD want_h = (a.array() / (1 + (-a.array()).exp()) * b.array()).matrix();
+        CHECK(max_rel_diff(h, want_h) < 1e-13);
+        CHECK(max_rel_diff(out, want_h * wd.transpose()) < 1e-12);
+    }
+    omp_set_num_threads(saved);
 }

@@ -167,7 +167,8 @@ public:
         return c;
     }
 
-    // One token at position t: its q, k, v (matrix-vector products split across threads),
+    // One token at position t: its q, k, v (matrix-vector products, their rows split across
+    // threads in one region),
     // then every query head attends over its KV head's t + 1 cached rows; with more than
     // one thread and enough cached rows, the heads are shared out between the threads.
     void decode_step(DecodeCache& base, CRef x, Ref out) const override {
@@ -175,9 +176,8 @@ public:
         KV_CHECK(c.length < c.max_T, "decode cache full ({} tokens)", c.max_T);
         const int t = c.length, H = H_, G = G_, dh = dh_, rep = H_ / G_;
         const Eigen::Index maxT = c.max_T;
-        ops::matvec_t(x, W("wq", H * dh, D_), c.q);
-        ops::matvec_t(x, W("wk", G * dh, D_), c.k);
-        ops::matvec_t(x, W("wv", G * dh, D_), c.v);
+        ops::matvecs_t<S>(x, {{W("wq", H * dh, D_), c.q.data()}, {W("wk", G * dh, D_), c.k.data()},
+                              {W("wv", G * dh, D_), c.v.data()}});
         c.rope.apply(c.q.data(), H, t);
         c.rope.apply(c.k.data(), G, t);
         for (int j = 0; j < G; ++j) {

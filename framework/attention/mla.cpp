@@ -382,38 +382,32 @@ public:
         KV_CHECK(c.length < c.max_T, "decode cache full ({} tokens)", c.max_T);
         const int t = c.length, n = t + 1, H = H_, dh = dh_, dR = dR_;
         const S scale = S(1) / std::sqrt(S(dh + dR));
-        // 1. projections of this token (as forward); matrix-vector products split across threads
-        if (dcp_ > 0) {
-            ops::matvec_t(x, w_dq_.W(), c.cq);                                 // [1, dcp]
-            S rs;
-            rmsnorm_forward<S>(c.cq, q_norm_.w, eps_, &rs, c.cq);            // c_Q (in place: x̂ ⊙ g)
-            ops::matvec_t(c.cq, w_uq_.W(), c.qc);                              // [1, H*dh]
-            ops::matvec_t(c.cq, w_qr_.W(), c.qr);                              // [1, H*dR]
-        } else {
-            ops::matvec_t(x, wq_.W(), c.qc);
-            ops::matvec_t(x, w_qr_.W(), c.qr);
-        }
+        // 1. projections of this token (as forward): the matrix-vector products of one input
+        //    in one parallel region, their rows split across threads (ops::matvecs_t)
         auto ckv_t = c.tok.leftCols(dc_);                                    // [1, dc]
-        ops::matvec_t(x, w_dkv_.W(), ckv_t);
-        S rs;
-        rmsnorm_forward<S>(ckv_t, kv_norm_.w, eps_, &rs, ckv_t);
         auto kr_t = c.tok.rightCols(dR);                                     // [1, dR]
-        kr_t.noalias() = x * w_kr_.W().transpose();
+        S rs;
+        if (dcp_ > 0) {
+            ops::matvecs_t<S>(x, {{w_dq_.W(), c.cq.data()}, {w_dkv_.W(), ckv_t.data()}, {w_kr_.W(), kr_t.data()}});
+            rmsnorm_forward<S>(c.cq, q_norm_.w, eps_, &rs, c.cq);            // c_Q (in place: x̂ ⊙ g)
+            ops::matvecs_t<S>(c.cq, {{w_uq_.W(), c.qc.data()}, {w_qr_.W(), c.qr.data()}});   // [1, H*dh], [1, H*dR]
+        } else {
+            ops::matvecs_t<S>(x, {{wq_.W(), c.qc.data()}, {w_qr_.W(), c.qr.data()}, {w_dkv_.W(), ckv_t.data()},
+                                  {w_kr_.W(), kr_t.data()}});
+        }
+        rmsnorm_forward<S>(ckv_t, kv_norm_.w, eps_, &rs, ckv_t);
         // 2. RoPE at position t; the token joins the cache as column t
         c.rope.apply(c.qr.data(), H, t);
         c.rope.apply(kr_t.data(), 1, t);
         c.store(t);
         if (!c.naive) {
             // With more than one thread and enough cached tokens, each step below is shared
-            // out: heads (3, softmax, 5b), cached tokens (4) or latent columns (5a).
+            // out, in one parallel region: heads (3, softmax, 5b), cached tokens (4) or latent
+            // columns (5a).
             const bool parallel = static_cast<int64_t>(n) * (dc_ + dR) >= ops::kParallelMatvec;
             const int nt = parallel ? omp_get_max_threads() : 1;
             // 3. absorbed queries [q̃_i | qR_i], q̃_i = qC_i · W_UK,i   ([1, dh]·[dh, dc] = [1, dc])
-#pragma omp parallel for schedule(static) num_threads(nt)
-            for (int i = 0; i < H; ++i) {
-                c.qabs.row(i).leftCols(dc_).noalias() = c.qc.middleCols(i * dh, dh) * w_uk_.W().middleRows(i * dh, dh);
-                c.qabs.row(i).rightCols(dR) = c.qr.middleCols(i * dR, dR);
-            }
+            //    (first in the region below)
             // 4. scores s_i,t' = (q̃_i · c_KV_t' + qR_i · kR_t') · scale = [q̃_i | qR_i] · lat[:, t'],
             //    softmax over t'; 5a. õ_i = p_i · C_KV.
             //    In float with AVX-512 or AVX2 (kFused), 4 and 5a are one pass over the cache:
@@ -429,6 +423,12 @@ public:
             }
 #pragma omp parallel num_threads(nt)
             {
+#pragma omp for schedule(static)
+                for (int i = 0; i < H; ++i) {   // 3.
+                    c.qabs.row(i).leftCols(dc_).noalias() =
+                        c.qc.middleCols(i * dh, dh) * w_uk_.W().middleRows(i * dh, dh);
+                    c.qabs.row(i).rightCols(dR) = c.qr.middleCols(i * dR, dR);
+                }
                 const int k = omp_get_thread_num(), m = omp_get_num_threads();
                 // token ranges start on a tile (32 tokens) so that no tile is split between threads
                 const auto edge = [&](int r) { return r == m ? Eigen::Index(n) : Eigen::Index(n) * r / m / 32 * 32; };

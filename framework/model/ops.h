@@ -15,8 +15,10 @@ inline constexpr Eigen::Index kParallelRows = 32;
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 
 namespace kvlab::ops {
@@ -184,6 +186,69 @@ void matvec_t(const X& x, const W& w, O&& out) {
         const int t = omp_get_thread_num(), n = omp_get_num_threads();
         const Eigen::Index a = R * t / n, b = R * (t + 1) / n;
         if (b > a) out.middleCols(a, b - a).noalias() = x * w.middleRows(a, b - a).transpose();
+    }
+}
+
+// Several decoding products of one x, out_j [1, R_j] = x · W_jᵀ, in one parallel region
+// instead of one each: the rows of all the W_j, in order, are split evenly between the
+// threads (each thread's share may span several W_j). Serial as matvec_t is when there is
+// one thread or fewer than kParallelMatvec weights in all. Each output element is the same
+// dot product whichever block it falls in.
+template <class S>
+struct MatvecPart {
+    CMapT<S> w;   // [R, C] row-major
+    S* out;       // R floats
+};
+
+template <class S, class X>
+void matvecs_t(const X& x, std::initializer_list<MatvecPart<S>> parts) {
+    Eigen::Index rows = 0, size = 0;
+    for (const auto& p : parts) rows += p.w.rows(), size += p.w.size();
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt == 1 || size < kParallelMatvec) {
+        for (const auto& p : parts) MapT<S>(p.out, 1, p.w.rows()).noalias() = x * p.w.transpose();
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const Eigen::Index a = rows * t / n, b = rows * (t + 1) / n;   // this thread's rows of all parts
+        Eigen::Index first = 0;                                           // the part's first row in that count
+        for (const auto& p : parts) {
+            const Eigen::Index lo = std::max(a, first) - first, hi = std::min(b, first + p.w.rows()) - first;
+            if (hi > lo) MapT<S>(p.out + lo, 1, hi - lo).noalias() = x * p.w.middleRows(lo, hi - lo).transpose();
+            first += p.w.rows();
+        }
+    }
+}
+
+// Decoding's SwiGLU MLP for one token, out [1, D] = (silu(a) ⊙ b) w_downᵀ with [a | b] =
+// x w_gateᵀ (w_gate [2F, D]: a's rows, then b's; w_down [D, F]), in one parallel region:
+// each thread takes a block of the F hidden units (their rows of a and of b, and their
+// SwiGLU), then after one barrier a block of w_down's rows. ab [1, 2F] and hmid [1, F] are
+// scratch. Serial (three steps) as matvec_t is.
+template <class S>
+void mlp_decode(CRefT<S> x, CMapT<S> w_gate, CMapT<S> w_down, RefT<S> ab, RefT<S> hmid, RefT<S> out) {
+    const Eigen::Index F = w_down.cols(), D = w_down.rows();
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nt == 1 || w_down.size() < kParallelMatvec) {
+        ab.noalias() = x * w_gate.transpose();
+        swiglu_forward<S>(ab.leftCols(F), ab.rightCols(F), hmid);
+        out.noalias() = hmid * w_down.transpose();
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const Eigen::Index a = F * t / n, b = F * (t + 1) / n;
+        if (b > a) {
+            ab.middleCols(a, b - a).noalias() = x * w_gate.middleRows(a, b - a).transpose();
+            ab.middleCols(F + a, b - a).noalias() = x * w_gate.middleRows(F + a, b - a).transpose();
+            swiglu_forward<S>(ab.middleCols(a, b - a), ab.middleCols(F + a, b - a), hmid.middleCols(a, b - a));
+        }
+#pragma omp barrier
+        const Eigen::Index c = D * t / n, d = D * (t + 1) / n;
+        if (d > c) out.middleCols(c, d - c).noalias() = hmid * w_down.middleRows(c, d - c).transpose();
     }
 }
 

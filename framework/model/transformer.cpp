@@ -373,9 +373,8 @@ void Transformer<S>::decode_step(DecodeState& st, int32_t token, S* logits_out) 
         attn_[l]->decode_step(*st.layers[l], dec_xn_, dec_tmp_);
         dec_h_ = dec_x_ + dec_tmp_;
         ops::rmsnorm_forward<S>(dec_h_, Ly.mlp_norm, cfg_.norm_eps, dec_xn_, &r);
-        ops::matvec_t(dec_xn_, CMapT<S>(Ly.w_gate, 2 * F_, D_), dec_ab_);
-        ops::swiglu_forward<S>(dec_ab_.leftCols(F_), dec_ab_.rightCols(F_), dec_hmid_);
-        ops::matvec_t(dec_hmid_, CMapT<S>(Ly.w_down, D_, F_), dec_tmp_);
+        ops::mlp_decode<S>(dec_xn_, CMapT<S>(Ly.w_gate, 2 * F_, D_), CMapT<S>(Ly.w_down, D_, F_), dec_ab_, dec_hmid_,
+                           dec_tmp_);
         dec_x_ = dec_h_ + dec_tmp_;
     }
     ops::rmsnorm_forward<S>(dec_x_, p("final_norm"), cfg_.norm_eps, dec_xn_, &r);
